@@ -1,0 +1,72 @@
+"""`sam-histo` (also `python -m sam_histo`): each subcommand is a thin shim over a ``main(argv)``.
+
+Modules are imported only when their subcommand runs, so `sam-histo --help` and light commands stay
+fast and do not import torch-heavy code they do not need.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# subcommand -> (module, one-line help). Each module exposes main(argv: list[str]) -> int | None.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sam_histo.demo", "the whole job on synthetic data with small random-init models"),
+    "synth": ("sam_histo.data.synthetic", "write synthetic data in the real on-disk layouts"),
+    "stats": ("sam_histo.data.sampling", "class frequencies, class weights and oversampling rates"),
+    "train": ("sam_histo.training.loop", "fine-tune SAM2 (same as accelerate launch sam_histo/train.py)"),
+    "validate": ("sam_histo.eval.validator", "per-class metrics of a checkpoint on a split"),
+    "score": ("sam_histo.eval.score", "score saved label maps or volumes against ground truth"),
+    "zeroshot": ("sam_histo.eval.zeroshot", "SAM2 automatic masks + CLIP prompts, scored per class"),
+    "release": ("sam_histo.release", "bundle a run's checkpoint for others to load and verify"),
+    "predict": ("sam_histo.predict", "label maps, probabilities, overlays and RLE from a release"),
+    "bench": ("sam_histo.bench", "timings against the peer library, with the ratio"),
+    "model": ("sam_histo.models.info", "model information (stage table, trainable parameters)"),
+    "stain": ("sam_histo.stain.cli", "stain normalisation of a folder of tiles"),
+    "fetch-weights": ("sam_histo.models.fetch", "download and verify an upstream checkpoint"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: sam-histo COMMAND [ARGS]", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
+    lines += ["", "`sam-histo COMMAND --help` for the options of one command."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in ("-V", "--version"):
+        from sam_histo import __version__
+
+        print(__version__)
+        return 0
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"sam-histo: unknown command {name!r}{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return _run(module.main, rest, name)
+
+
+def _run(fn, rest: list[str], name: str) -> int:
+    from sam_histo.config import ConfigError
+    from sam_histo.data.types import DataError
+
+    try:
+        rc = fn(rest)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"sam-histo {name}: error: {e}", file=sys.stderr)
+        return 2
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
