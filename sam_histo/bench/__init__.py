@@ -1,0 +1,102 @@
+"""`sam-histo bench NAME [--json]`: our code against the peer library in the same run, quoted as a ratio.
+
+Each benchmark lives in ``sam_histo/bench/<name>.py`` and exposes ``run(args) -> dict`` returning the
+DESIGN.md section 3 object ``{"name", "ours_per_s", "peer", "peer_per_s", "ratio", "agreement",
+"machine"}`` (``ratio`` above 1 means ours is faster) plus any extra keys it documents, and
+``add_arguments(parser)`` for its own options.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import time
+
+BENCHMARKS = {
+    "stain": "Macenko normalisation: fit + transform of real H&E tiles, ours vs torchstain (numpy)",
+    "model": "SAM2 training step per unfreeze stage and image size; frozen vs fully trainable encoder",
+    "validator": "confusion-matrix update, ours vs scikit-learn and torchmetrics",
+    "train": "our training step vs a bare PyTorch loop around the same model and loss",
+    "zeroshot": "batched, cached CLIP mask classification vs one model call per mask",
+}
+
+
+def machine() -> str:
+    """A one-line description of where a number was measured."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    parts = [f"{cpu}, {os.cpu_count()} cores", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    return "; ".join(parts)
+
+
+def timeit(fn, *, repeat: int = 3, min_time: float = 0.0) -> float:
+    """Best-of-``repeat`` wall time of ``fn()`` in seconds (after one warm-up call)."""
+    fn()
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        n = 0
+        while True:
+            fn()
+            n += 1
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_time:
+                break
+        best = min(best, elapsed / n)
+    return best
+
+
+def result(name: str, ours_per_s: float, peer: str, peer_per_s: float, agreement, **extra) -> dict:
+    """The DESIGN.md section 3 object; ``ratio`` is ours over peer (above 1: ours is faster)."""
+    out = {
+        "name": name,
+        "ours_per_s": ours_per_s,
+        "peer": peer,
+        "peer_per_s": peer_per_s,
+        "ratio": ours_per_s / peer_per_s if peer_per_s else float("nan"),
+        "agreement": agreement,
+        "machine": machine(),
+    }
+    out.update(extra)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sam-histo bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, text in BENCHMARKS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+        try:
+            module = importlib.import_module(f"sam_histo.bench.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"sam_histo.bench.{name}":
+                raise
+            continue
+        if hasattr(module, "add_arguments"):
+            module.add_arguments(p)
+    args = parser.parse_args(argv)
+    try:
+        module = importlib.import_module(f"sam_histo.bench.{args.name}")
+    except ModuleNotFoundError:
+        parser.error(f"benchmark {args.name!r} is not implemented yet")
+    out = module.run(args)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for key, value in out.items():
+            print(f"{key:>14}: {value:.4g}" if isinstance(value, float) else f"{key:>14}: {value}")
+    return 0
