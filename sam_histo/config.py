@@ -51,8 +51,11 @@ class DataConfig:
     # BCSS institute split: TCGA site codes (e.g. "OL", "LL") for each held-out split.
     val_sites: list[str] = field(default_factory=list)
     test_sites: list[str] = field(default_factory=list)
+    split_seed: int = 0  # seed of the random split by slide
     on_error: Literal["raise", "skip"] = "raise"
     tissue: TissueConfig = field(default_factory=TissueConfig)
+    # Where derived files go (BCSS tile index, LGG generated crop masks); "" = <root>/.sam_histo_cache.
+    cache_dir: str = ""
     # Vesicle volumes.
     volume: str = "volume.h5"
     labels: str = "labels.h5"
@@ -74,6 +77,8 @@ class SamplingConfig:
     oversample: Literal["none", "auto", "manual"] = "auto"
     rates: dict[str, float] = field(default_factory=dict)
     max_rate: float = 20.0
+    # Samples drawn per epoch over all processes (steps = iter_per_epoch / (batch_size * processes));
+    # None = the sum of the image rates (every image once when oversample=none).
     iter_per_epoch: Optional[int] = None
     class_weights: ClassWeightConfig = field(default_factory=ClassWeightConfig)
 
@@ -86,6 +91,7 @@ class PromptConfig:
     box_noise: float = 0.1  # std of box-corner noise as a fraction of the box side
     max_objects: int = 16  # per image and step
     min_area: int = 16  # components smaller than this get no prompt
+    exclude: list[str] = field(default_factory=lambda: ["background"])  # classes that get no prompts
 
 
 @dataclass
@@ -240,6 +246,7 @@ def _check_rules(cfg: Config) -> None:
                 f"sampling names class {name!r} which is not in data.classes {sorted(classes)}"
                 + _nearest(name, classes)
             )
+    _check_data_rules(cfg)
     if cfg.sampling.oversample == "manual" and not cfg.sampling.rates:
         raise ConfigError("sampling.oversample=manual needs sampling.rates (class -> rate)")
     lo, hi = cfg.sampling.class_weights.clip
@@ -249,6 +256,30 @@ def _check_rules(cfg: Config) -> None:
         raise ConfigError(f"stain.method={cfg.stain.method} needs stain.reference (an RGB tile)")
     if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.stain.method != "none"):
         raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, stain.method=none")
+
+
+def _check_data_rules(cfg: Config) -> None:
+    d = cfg.data
+    if d.split == "z" and d.dataset != "vesicle":
+        raise ConfigError(f"data.split=z splits a volume along z; data.dataset={d.dataset} needs random or institute")
+    if d.dataset == "vesicle" and d.split != "z":
+        raise ConfigError("data.dataset=vesicle cuts its volume along z: set data.split=z")
+    if d.split == "institute" and d.dataset != "bcss":
+        raise ConfigError("data.split=institute uses TCGA site codes and needs data.dataset=bcss")
+    if d.split == "institute" and not (d.val_sites or d.test_sites):
+        raise ConfigError("data.split=institute needs data.val_sites and/or data.test_sites (TCGA site codes)")
+    both = set(d.val_sites) & set(d.test_sites)
+    if both:
+        raise ConfigError(f"data.val_sites and data.test_sites share {sorted(both)}: a site goes to one split")
+    if cfg.sampling.iter_per_epoch is not None and cfg.sampling.iter_per_epoch < 1:
+        raise ConfigError("sampling.iter_per_epoch must be a positive number of samples (or null)")
+    if cfg.sampling.max_rate < 1:
+        raise ConfigError("sampling.max_rate must be >= 1 (a rate multiplies how often an image is drawn)")
+    if any(r <= 0 for r in cfg.sampling.rates.values()):
+        raise ConfigError(f"sampling.rates must be positive: {cfg.sampling.rates}")
+    p = cfg.prompts
+    if p.n_pos < 1 or p.n_neg < 0 or not 0 <= p.p_box <= 1 or p.max_objects < 1 or p.box_noise < 0:
+        raise ConfigError("prompts: need n_pos >= 1, n_neg >= 0, 0 <= p_box <= 1, max_objects >= 1, box_noise >= 0")
 
 
 # ----------------------------------------------------------------------------------- typed building
