@@ -234,7 +234,7 @@ class ZeroShotConfig:
     stability_score_thresh: float = 0.95
     crop_n_layers: int = 0
     box_nms_thresh: float = 0.7
-    min_mask_area: int = 0
+    min_mask_area: int = 0  # automatic masks with fewer pixels are dropped before classification
     # Overlaps: score = the mask with the highest (mask score x class confidence) wins a pixel;
     # area = the smallest covering mask wins (details on top of the regions around them).
     overlap: Literal["score", "area"] = "score"

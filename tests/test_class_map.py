@@ -3,7 +3,10 @@ import numpy as np
 import pytest
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval.class_map import pixel_probabilities, resolve_overlaps, unassigned_id
+from sam_histo.config import ZeroShotConfig
+from sam_histo.eval.class_map import (
+    generator_kwargs, masks_from_records, pixel_probabilities, resolve_overlaps, unassigned_id,
+)
 
 
 def brute_force(masks, scores, probs, column_ids, fill_id, method, min_prob):
@@ -81,3 +84,18 @@ def test_pixel_probabilities_follow_winner():
     assert full.shape == (4, 24, 24) and np.allclose(full.sum(axis=0), 1)
     assert np.array_equal(full.argmax(axis=0), label)
     assert (full[0][winner < 0] == 1).all() and (full[1] == 0).all()
+
+
+def test_amg_records_and_generator_kwargs():
+    kwargs = generator_kwargs(ZeroShotConfig(points_per_side=8, crop_n_layers=1, box_nms_thresh=0.5))
+    assert kwargs["points_per_side"] == 8 and kwargs["crop_n_layers"] == 1 and kwargs["box_nms_thresh"] == 0.5
+    assert kwargs["output_mode"] == "binary_mask" and "min_mask_region_area" not in kwargs
+    big, small = np.zeros((5, 5), bool), np.zeros((5, 5), bool)
+    big[:3, :3] = True
+    small[4, 4] = True
+    records = [{"segmentation": big, "predicted_iou": 0.9}, {"segmentation": small, "predicted_iou": 0.7}]
+    masks, scores = masks_from_records(records, (5, 5), min_area=2)
+    assert masks.shape == (1, 5, 5) and np.array_equal(masks[0], big) and scores.tolist() == [0.9]
+    assert masks_from_records(records, (5, 5))[0].shape == (2, 5, 5)
+    with pytest.raises(ValueError, match=r"mask 0 has shape \(5, 5\), the image \(4, 4\)"):
+        masks_from_records(records, (4, 4))

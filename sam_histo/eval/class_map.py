@@ -20,6 +20,29 @@ import numpy as np
 from sam_histo.data.types import ClassSpec
 
 
+def generator_kwargs(zs_cfg) -> dict:
+    """SAM2AutomaticMaskGenerator keyword arguments from a ZeroShotConfig (small masks are dropped by
+    :func:`masks_from_records`, not by sam2's ``min_mask_region_area``, which post-processes with OpenCV)."""
+    keys = ("points_per_side", "points_per_batch", "pred_iou_thresh", "stability_score_thresh", "crop_n_layers",
+            "box_nms_thresh")
+    return {k: getattr(zs_cfg, k) for k in keys} | {"output_mode": "binary_mask"}
+
+
+def masks_from_records(records: Sequence[dict], shape: tuple[int, int],
+                       min_area: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """SAM2 automatic-mask records (``segmentation`` bool [H, W], ``predicted_iou``) -> (bool [K, H, W],
+    float64 [K] scores), dropping masks with fewer than ``min_area`` pixels."""
+    keep = [r for r in records if int(np.count_nonzero(r["segmentation"])) >= max(min_area, 1)]
+    masks = np.zeros((len(keep), *shape), bool)
+    for k, r in enumerate(keep):
+        seg = np.asarray(r["segmentation"], bool)
+        if seg.shape != tuple(shape):
+            raise ValueError(f"mask {k} has shape {seg.shape}, the image {tuple(shape)}; "
+                             "build the generator with output_mode='binary_mask'")
+        masks[k] = seg
+    return masks, np.array([float(r["predicted_iou"]) for r in keep], np.float64)
+
+
 def unassigned_id(spec: ClassSpec, name: str = "") -> int:
     """Class id for uncovered pixels: class ``name`` if given, else ``background`` if it is a class, else the
     ignore id; raises ValueError when none applies (configure zeroshot.unassigned)."""

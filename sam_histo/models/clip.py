@@ -236,7 +236,11 @@ def build_open_clip(arch: str, weights: str | None, device="cpu") -> OpenClipMod
             _open_clip_load_file(open_clip, module, weights)
         else:
             log.warning("clip: %s with random weights (clip.weights is null); zero-shot numbers mean nothing", arch)
-    return OpenClipModel(module, open_clip.get_tokenizer(arch), arch, device)
+    try:  # architectures with a Hugging Face tokenizer (SigLIP, BiomedCLIP text towers) fetch it from the hub
+        tokenizer = open_clip.get_tokenizer(arch)
+    except Exception as e:
+        raise ClipWeightsError(_network_message(f"the tokenizer of {arch}", e)) from None
+    return OpenClipModel(module, tokenizer, arch, device)
 
 
 def _open_clip_load_file(open_clip, module, path: str) -> None:
