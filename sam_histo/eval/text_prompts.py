@@ -21,15 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sam_histo.config import PROJECT_ROOT
+from sam_histo.config import PROJECT_ROOT, ConfigError
 
 PROMPTS_DIR = PROJECT_ROOT / "prompts"
 _TOP_KEYS = ("name", "modality", "description", "templates", "classes")
 _CLASS_KEYS = ("synonyms", "templates")
 
 
-class PromptFileError(ValueError):
-    """A prompt file is malformed; the message names the file, the key and the fix."""
+class PromptFileError(ConfigError):
+    """A prompt file is malformed; the message names the file, the key and the fix (a ConfigError, so the
+    CLI prints it as one line)."""
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_histo.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 CLIP_VOCAB_SIZE = 49408  # 256 bytes + 256 bytes</w> + 48894 BPE merges + <|startoftext|> + <|endoftext|>
@@ -57,8 +59,9 @@ KNOWN_WEIGHTS = (
 )
 
 
-class ClipWeightsError(RuntimeError):
-    """Weights or tokenizer unavailable (usually: they would need the network); says where to put them."""
+class ClipWeightsError(ConfigError):
+    """Weights or tokenizer unavailable (usually: they would need the network); says where to put them.
+    A ConfigError, so `sam-histo` prints it as a one-line error: the fix is a clip.* setting."""
 
 
 class ClipModel:
