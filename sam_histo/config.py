@@ -191,6 +191,66 @@ class EvalConfig:
 
 
 @dataclass
+class ClipConfig:
+    """CLIP mask classification (sam_histo.models.clip, sam_histo.eval.clip_classify / clip_head).
+
+    backend open_clip: ``arch`` is an open_clip architecture name (ViT-B-32, ...), ``tiny`` (a small
+    random-init config for tests), ``hf-hub:org/name`` or ``local-dir:/folder`` (config and weights
+    together; ``weights`` is then ignored). ``weights``: null = random init, a local file (.pt, .bin,
+    .safetensors), or an open_clip pretrained tag (needs the network or its cache).
+    backend transformers: ``arch`` is a local folder or hub id of a CLIPModel, or ``tiny``; ``weights``
+    null = the weights in that folder, ``random`` = its config with random init.
+    """
+
+    backend: Literal["open_clip", "transformers"] = "open_clip"
+    arch: str = "ViT-B-32"
+    weights: Optional[str] = None
+    # Prompt file; empty = prompts/<data.dataset>.json of the project.
+    prompts: str = ""
+    # Square crop around each mask's bounding box: side = max(h, w) * (1 + 2 * crop_margin), at least
+    # crop_min_side pixels, padded with the model's mean colour outside the image.
+    crop_margin: float = 0.25
+    crop_min_side: int = 32
+    blank_background: bool = False  # pixels outside the mask become the model's mean colour
+    batch_size: int = 64
+    logit_scale: Optional[float] = None  # null = the model's own (exp of its learned log scale)
+    # Text-embedding cache (one file per model and prompt-file hash); empty = memory only.
+    cache_dir: str = "~/.cache/sam_histo/clip_text"
+    # Linear head on image embeddings, initialised from the text classifier, tuned on ground-truth masks.
+    head_lr: float = 1e-3
+    head_epochs: int = 50
+    head_weight_decay: float = 0.0
+    head_batch_size: int = 256
+    head_balanced: bool = True  # inverse-frequency class weights in the head's cross-entropy
+    # WiSE-FT interpolation: weights = (1 - alpha) * zero-shot + alpha * tuned (0 = pure zero-shot).
+    head_alpha: float = 0.5
+    # Ground-truth masks for the head and for CLIP accuracy: components smaller than this are skipped,
+    # and at most this many (largest first) per image.
+    min_mask_area: int = 16
+    max_masks_per_image: int = 64
+
+
+@dataclass
+class ZeroShotConfig:
+    """SAM2 automatic masks -> CLIP class per mask -> one class map (sam_histo.eval.class_map)."""
+
+    points_per_side: int = 32
+    points_per_batch: int = 64
+    pred_iou_thresh: float = 0.8
+    stability_score_thresh: float = 0.95
+    crop_n_layers: int = 0
+    box_nms_thresh: float = 0.7
+    min_mask_area: int = 0  # automatic masks with fewer pixels are dropped before classification
+    # Overlaps: score = the mask with the highest (mask score x class confidence) wins a pixel;
+    # area = the smallest covering mask wins (details on top of the regions around them).
+    overlap: Literal["score", "area"] = "score"
+    min_class_prob: float = 0.0  # masks whose top class probability is lower are left unassigned
+    # Class id for pixels no mask covers: a class name; empty = "background" if it is a class, else the
+    # ignore id.
+    unassigned: str = ""
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -203,6 +263,8 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -254,6 +316,7 @@ def _check_rules(cfg: Config) -> None:
         raise ConfigError("sampling.class_weights.clip must be [low, high] with 0 < low <= high")
     if cfg.stain.method != "none" and not cfg.stain.reference:
         raise ConfigError(f"stain.method={cfg.stain.method} needs stain.reference (an RGB tile)")
+    _check_clip(cfg.clip, cfg.zeroshot, classes)
     if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.stain.method != "none"):
         raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, stain.method=none")
 
@@ -280,6 +343,30 @@ def _check_data_rules(cfg: Config) -> None:
     p = cfg.prompts
     if p.n_pos < 1 or p.n_neg < 0 or not 0 <= p.p_box <= 1 or p.max_objects < 1 or p.box_noise < 0:
         raise ConfigError("prompts: need n_pos >= 1, n_neg >= 0, 0 <= p_box <= 1, max_objects >= 1, box_noise >= 0")
+
+
+def _check_clip(clip: ClipConfig, zs: ZeroShotConfig, classes: set) -> None:
+    if not 0.0 <= clip.head_alpha <= 1.0:
+        raise ConfigError(f"clip.head_alpha={clip.head_alpha} must be in [0, 1] (0 = zero-shot weights only)")
+    if clip.crop_margin < 0:
+        raise ConfigError(f"clip.crop_margin={clip.crop_margin} must be >= 0 (a fraction of the box side)")
+    for key in ("batch_size", "head_batch_size", "crop_min_side", "max_masks_per_image"):
+        if getattr(clip, key) < 1:
+            raise ConfigError(f"clip.{key}={getattr(clip, key)} must be >= 1")
+    if clip.head_epochs < 0 or clip.head_lr <= 0:
+        raise ConfigError("clip.head_epochs must be >= 0 and clip.head_lr > 0")
+    if clip.logit_scale is not None and clip.logit_scale <= 0:
+        raise ConfigError(f"clip.logit_scale={clip.logit_scale} must be > 0 (or null for the model's own)")
+    if zs.points_per_side < 1 or zs.points_per_batch < 1 or zs.crop_n_layers < 0:
+        raise ConfigError("zeroshot.points_per_side and points_per_batch must be >= 1, crop_n_layers >= 0")
+    for key in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_class_prob"):
+        if not 0.0 <= getattr(zs, key) <= 1.0:
+            raise ConfigError(f"zeroshot.{key}={getattr(zs, key)} must be in [0, 1]")
+    if zs.unassigned and classes and zs.unassigned not in classes:
+        raise ConfigError(
+            f"zeroshot.unassigned={zs.unassigned!r} is not in data.classes {sorted(classes)}"
+            + _nearest(zs.unassigned, classes)
+        )
 
 
 # ----------------------------------------------------------------------------------- typed building
