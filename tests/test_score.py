@@ -35,7 +35,11 @@ def _score(root, *extra):
 
 def test_png_maps_scored_like_sklearn_and_report_written(tmp_path):
     maps = _write_pngs(tmp_path)
-    assert _score(tmp_path, "--classes", CLASSES, "--ignore-index", "0", "--split", "test") == 0
+    (tmp_path / "images").mkdir()
+    for name in maps:  # RGB tiles under the overlays
+        Image.fromarray(np.full((48, 48, 3), 180, np.uint8)).save(tmp_path / "images" / f"{name}.png")
+    assert _score(tmp_path, "--classes", CLASSES, "--ignore-index", "0", "--split", "test",
+                  "--images", str(tmp_path / "images")) == 0
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     t = np.concatenate([g.ravel() for _, g in maps.values()])
     p = np.concatenate([q.ravel() for q, _ in maps.values()])
