@@ -8,6 +8,7 @@ from skimage.segmentation import relabel_sequential
 from sam_histo.eval.instance_metrics import (
     THRESHOLDS,
     InstanceCounts,
+    image_level_instance_scores,
     instance_counts,
     instance_metrics,
     instance_scores,
@@ -130,3 +131,19 @@ def test_bad_instance_inputs():
         instance_metrics(np.full((3, 3), -2), np.zeros((3, 3), int))
     with pytest.raises(TypeError, match="must be integers"):
         instance_metrics(np.zeros((3, 3), float), np.zeros((3, 3), int))
+
+
+def test_image_level_means_average_each_images_scores():
+    rng = np.random.default_rng(6)
+    gts = [_blobs(rng, (40, 40), p_bg=0.5) for _ in range(3)]
+    preds = [np.roll(g, 1, axis=1) for g in gts]
+    preds[1][:20] = 0  # one image much worse
+    m = image_level_instance_scores([instance_counts(g, p) for g, p in zip(gts, preds)])
+    assert m["n_images"] == 3
+    assert m["adapted_rand_error"] == pytest.approx(np.mean([adapted_rand_error(g, p)[0] for g, p in zip(gts, preds)]),
+                                                    abs=1e-6)
+    f1s = []
+    for g, p in zip(gts, preds):
+        tps, n_gt, n_pred = _brute_force_matching(g, p)
+        f1s.append(2 * tps[0] / (n_gt + n_pred))
+    assert m["f1_at_0.5"] == pytest.approx(np.mean(f1s), abs=1e-6)

@@ -28,8 +28,8 @@ import numpy as np
 
 from sam_histo.data.types import ClassSpec
 from sam_histo.eval import metrics as M
-from sam_histo.eval.instance_metrics import InstanceCounts, instance_counts
-from sam_histo.eval.summary import metrics_json
+from sam_histo.eval.instance_metrics import InstanceCounts, image_level_instance_scores, instance_counts
+from sam_histo.eval.summary import jsonable, metrics_json
 
 _META_TYPES = (str, int, float, bool)
 
@@ -173,6 +173,9 @@ class Evaluator:
             for r in recs:
                 inst = inst + InstanceCounts.from_list(r["inst"])
         out = metrics_json(self.classes, per_image.sum(0), per_image, prob, inst, split, checkpoint)
+        if self.instances:
+            per = [InstanceCounts.from_list(r["inst"]) for r in recs]
+            out["instances"]["image_level"] = jsonable(image_level_instance_scores(per))
         out["duplicates_dropped"] = self._n_dropped
         return out
 

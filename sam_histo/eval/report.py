@@ -112,13 +112,19 @@ def _instance_table(m: dict) -> list[str]:
     i = m.get("instances")
     if not i:
         return []
+    rows = [("all images pooled", i, f"{i['n_gt']} | {i['n_pred']}")]
+    if i.get("image_level"):
+        rows.append((f"mean over {i['image_level']['n_images']} images", i["image_level"], " | "))
     return [
-        f"## Instances (split `{m.get('split')}`, all images pooled)", "",
-        "| adapted Rand error | Rand precision (merges lower it) | Rand recall (splits lower it) | "
+        f"## Instances (split `{m.get('split')}`)", "",
+        "| averaging | adapted Rand error | Rand precision (merges lower it) | Rand recall (splits lower it) | "
         "F1 at IoU 0.5 | mean seg. accuracy IoU 0.5-0.95 | GT objects | predicted objects |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {_f(i['adapted_rand_error'])} | {_f(i['precision'])} | {_f(i['recall'])} | {_f(i['f1_at_0.5'])} | "
-        f"{_f(i['mean_seg_accuracy'])} | {i['n_gt']} | {i['n_pred']} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ] + [
+        f"| {name} | {_f(r['adapted_rand_error'])} | {_f(r['precision'])} | {_f(r['recall'])} | "
+        f"{_f(r['f1_at_0.5'])} | {_f(r['mean_seg_accuracy'])} | {counts} |"
+        for name, r, counts in rows
+    ] + [
         "",
         "Rand precision/recall follow the SNEMI3D definition; scikit-image's adapted_rand_error returns them "
         "swapped (its precision falls with splits). Matching counts pairs with IoU strictly above the threshold.",

@@ -47,12 +47,12 @@ def _num(x) -> Optional[float]:
     return x if math.isfinite(x) else None
 
 
-def _jsonable(value):
+def jsonable(value):
     """Nested dicts/lists of numbers with NaN -> None and numpy scalars -> Python."""
     if isinstance(value, dict):
-        return {key: _jsonable(v) for key, v in value.items()}
+        return {key: jsonable(v) for key, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -130,7 +130,7 @@ def metrics_json(
     if prob_counts is not None:
         out["probability"] = _probability(classes, prob_counts)
     if instances is not None:
-        out["instances"] = _jsonable(instance_scores(instances))
+        out["instances"] = jsonable(instance_scores(instances))
     out.update(
         split=split,
         checkpoint=checkpoint,
