@@ -190,6 +190,9 @@ def test_bad_inputs_raise_clear_errors():
     t = np.zeros((4, 4), np.int64)
     with pytest.raises(ValueError, match="pred holds id 6, outside 0..5"):
         M.confusion_counts(np.full((4, 4), 6), t, C, K)
+    for dtype in (np.int64, np.uint16, np.int32):  # 257 would wrap to a valid id 1 in a uint8 cast
+        with pytest.raises(ValueError, match="pred holds id 257, outside"):
+            M.confusion_counts(np.full((4, 4), 257, dtype), t, C, K)
     with pytest.raises(ValueError, match="target holds id -1"):
         M.confusion_counts(t, np.full((4, 4), -1), C, K)
     with pytest.raises(ValueError, match=r"pred shape \(4, 5\) differs from target shape \(4, 4\)"):

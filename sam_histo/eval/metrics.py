@@ -84,12 +84,31 @@ def _index_dtype(c2: int):
     return "uint8" if c2 <= 256 else "int32" if c2 < 2**31 else "int64"
 
 
+def _checked_cast(x: np.ndarray, dtype: np.dtype, num_classes: int, name: str) -> np.ndarray:
+    """``x`` as ``dtype`` after checking every id is in 0..num_classes-1 (ValueError naming the bad id).
+
+    One bitwise-OR pass proves the cast lossless (no negative value, no bit above the dtype's range) at half
+    the cost of min + max on int64; the exact bound is then checked on the narrow copy.
+    """
+    if x.dtype.kind == "i" or x.dtype.itemsize > dtype.itemsize:
+        bits = int(np.bitwise_or.reduce(x, axis=None))
+        if bits < 0 or bits > np.iinfo(dtype).max:
+            _check_range(x, num_classes, name)  # raises, with the offending id
+    y = x.astype(dtype, copy=False)
+    _range_error(0, int(y.max()), num_classes, name)
+    return y
+
+
 def _counts_cpu(p: np.ndarray, t: np.ndarray, num_classes: int) -> torch.Tensor:
     # numpy for the checks and the index (single-threaded SIMD: robust when the CPU is shared, where torch's
-    # threaded elementwise ops stall), torch.bincount for the counting (about 2x numpy's on uint8).
+    # threaded element-wise ops stall), torch.bincount for the counting (about 2x numpy's on uint8).
     dtype = np.dtype(_index_dtype(num_classes * num_classes))
-    idx = t.astype(dtype, copy=False) * dtype.type(num_classes)  # exact: values <= C*C-1 fit the dtype
-    idx += p.astype(dtype, copy=False)
+    idx = _checked_cast(t, dtype, num_classes, "target")
+    if idx is t:  # no copy was made: never write into the caller's array
+        idx = idx * dtype.type(num_classes)
+    else:
+        idx *= dtype.type(num_classes)
+    idx += _checked_cast(p, dtype, num_classes, "pred")  # exact: values <= C*C-1 fit the dtype
     return torch.bincount(torch.from_numpy(idx.reshape(-1)), minlength=num_classes * num_classes)
 
 
@@ -120,8 +139,9 @@ def confusion_counts(pred: Array, target: Array, num_classes: int, ignore_index:
         raise ValueError(f"pred shape {tuple(p.shape)} differs from target shape {tuple(t.shape)}")
     if t.size == 0 if isinstance(t, np.ndarray) else t.numel() == 0:
         return np.zeros((num_classes, num_classes), np.int64)
-    _check_range(t, num_classes, "target")
-    _check_range(p, num_classes, "pred")
+    if on_device:
+        _check_range(t, num_classes, "target")
+        _check_range(p, num_classes, "pred")
     counts = (_counts_torch if on_device else _counts_cpu)(p, t, num_classes)
     counts = counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64, copy=False)
     if ignore_index is not None:
