@@ -188,6 +188,9 @@ class EvalConfig:
     window_overlap: float = 0.25
     batch_size: int = 4
     prompt_seed: int = 1234
+    instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes
+    overlays: int = 3  # best and worst images drawn in the report (0: none)
+    overlay_class: Optional[str] = None  # class that ranks them; default the rarest class in the split
 
 
 @dataclass
@@ -317,6 +320,15 @@ def _check_rules(cfg: Config) -> None:
     if cfg.stain.method != "none" and not cfg.stain.reference:
         raise ConfigError(f"stain.method={cfg.stain.method} needs stain.reference (an RGB tile)")
     _check_clip(cfg.clip, cfg.zeroshot, classes)
+    if cfg.eval.overlays < 0:
+        raise ConfigError(f"eval.overlays={cfg.eval.overlays} must be >= 0 (0 draws no overlays)")
+    if cfg.eval.overlay_class is not None and classes and cfg.eval.overlay_class not in classes:
+        raise ConfigError(
+            f"eval.overlay_class={cfg.eval.overlay_class!r} is not in data.classes {sorted(classes)}"
+            + _nearest(cfg.eval.overlay_class, classes)
+        )
+    if not 0 <= cfg.eval.window_overlap < 1:
+        raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
     if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.stain.method != "none"):
         raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, stain.method=none")
 

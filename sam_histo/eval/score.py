@@ -1,0 +1,185 @@
+"""`sam-histo score`: per-class metrics of saved label maps from any model against ground truth.
+
+    sam-histo score --pred DIR --gt DIR --classes a,b,c [--ignore-index K] [--instances] --out DIR
+                    [--split NAME] [--key main] [--images DIR] [--checkpoint TEXT] [--overlays N]
+
+Files are matched by name without extension (``x.png`` in --gt with ``x.png`` or ``x.tif`` in --pred):
+single-channel PNG label maps, TIFF (pages = a volume) or HDF5 volumes (dataset --key), or .npy. Every
+ground-truth file needs a prediction and every prediction a ground truth; shapes must agree; ids must be in
+the class list. With --instances both sides are instance maps (0 = background, each other id one object):
+the semantic metrics are those of foreground versus background (two classes) and the instance metrics use
+the ids. Writes metrics.json, report.md and figures to --out.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from sam_histo.data.types import ClassSpec, DataError
+
+SUFFIXES = (".png", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".npy")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sam-histo score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps or volumes")
+    p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps or volumes")
+    p.add_argument("--classes", required=True, help="class names in id order from 0, comma-separated")
+    p.add_argument("--ignore-index", type=int, default=None, help="id dropped from both sides (not a class)")
+    p.add_argument("--instances", action="store_true", help="maps are instance labels: add instance metrics")
+    p.add_argument("--out", required=True, type=Path, help="report folder")
+    p.add_argument("--split", default=None, help="split name written into the report (e.g. test)")
+    p.add_argument("--checkpoint", default=None, help="what produced the predictions (named in the report)")
+    p.add_argument("--key", default="main", help="HDF5 dataset key (default: main)")
+    p.add_argument("--images", type=Path, default=None, help="optional folder of RGB images for overlays")
+    p.add_argument("--overlays", type=int, default=3, help="best and worst images to draw (default 3 each)")
+    return p
+
+
+def load_labels(path: Path, key: str = "main") -> np.ndarray:
+    """A label map or volume as an integer array; DataError naming the file on anything else."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.mode in ("RGB", "RGBA", "LA", "CMYK"):
+                    raise DataError(f"{path}: a colour image (mode {im.mode}); save label maps as single-channel PNGs of "
+                                    "class ids (mode L, P or I;16)")
+                arr = np.array(im)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            arr = tifffile.imread(path)
+        elif suffix in (".h5", ".hdf5", ".hdf"):
+            import h5py
+
+            with h5py.File(path, "r") as f:
+                if key not in f:
+                    raise DataError(f"{path}: no dataset {key!r} (it has {sorted(f.keys())}); pass --key")
+                arr = f[key][()]
+        elif suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    except DataError:
+        raise
+    except Exception as e:  # unreadable or corrupt file
+        raise DataError(f"{path}: cannot read it as a label map ({e})") from None
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        raise DataError(f"{path}: holds {arr.dtype} values; label maps must hold integer ids")
+    return arr
+
+
+def _index(folder: Path, what: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"--{what} {folder}: not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in SUFFIXES or not path.is_file():
+            continue
+        if path.stem in found:
+            raise DataError(f"--{what}: {found[path.stem].name} and {path.name} share the name {path.stem!r}; "
+                            "keep one file per image")
+        found[path.stem] = path
+    if not found:
+        raise DataError(f"--{what} {folder}: no label files ({', '.join(SUFFIXES)})")
+    return found
+
+
+def match_files(pred_dir: Path, gt_dir: Path) -> list[tuple[str, Path, Path]]:
+    """(name, prediction, ground truth) for every ground-truth file; DataError on missing or extra files."""
+    gt, pred = _index(gt_dir, "gt"), _index(pred_dir, "pred")
+    for missing, here, there, what in ((sorted(set(gt) - set(pred)), gt, pred_dir, "no prediction in"),
+                                       (sorted(set(pred) - set(gt)), pred, gt_dir, "no ground truth in")):
+        if missing:
+            names = ", ".join(here[n].name for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise DataError(f"{len(missing)} file(s) have {what} {there}: {names} (files are matched by name "
+                            "without extension)")
+    return [(name, pred[name], gt[name]) for name in sorted(gt)]
+
+
+def _check_ids(arr: np.ndarray, path: Path, classes: ClassSpec) -> None:
+    lo, hi = int(arr.min(initial=0)), int(arr.max(initial=0))
+    if lo < 0 or hi >= classes.num_classes:
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{path}: label value {bad} is not a class id; --classes names {classes.num_classes} "
+                        f"classes, ids 0..{classes.num_classes - 1} ({', '.join(classes.names)})")
+
+
+def _load_pair(name: str, pp: Path, gp: Path, key: str, classes: ClassSpec, instances: bool):
+    gt, pred = load_labels(gp, key), load_labels(pp, key)
+    if gt.shape != pred.shape:
+        raise DataError(f"{pp}: shape {pred.shape} differs from the ground truth {gp} shape {gt.shape}")
+    if instances:
+        return gt, pred
+    _check_ids(gt, gp, classes)
+    _check_ids(pred, pp, classes)
+    return gt, pred
+
+
+def _load_image(images: Optional[Path], name: str) -> Optional[np.ndarray]:
+    if images is None:
+        return None
+    for suffix in IMAGE_SUFFIXES:
+        path = images / f"{name}{suffix}"
+        if path.exists():
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return np.array(im.convert("RGB"))
+    return None
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from tqdm import tqdm
+
+    from sam_histo.eval.evaluator import Evaluator
+    from sam_histo.eval.report import write_report
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    names = tuple(n.strip() for n in args.classes.split(",") if n.strip())
+    if len(set(names)) != len(names) or len(names) < 2:
+        parser.error(f"--classes {args.classes!r}: give at least two distinct names in id order")
+    if args.instances and (len(names) != 2 or args.ignore_index is not None):
+        parser.error("--instances scores foreground versus background: give two classes (e.g. "
+                     "background,vesicle) and no --ignore-index")
+    if args.ignore_index is not None and not 0 <= args.ignore_index < len(names):
+        parser.error(f"--ignore-index {args.ignore_index} is not an id of --classes (0..{len(names) - 1})")
+    classes = ClassSpec(names, args.ignore_index)
+    pairs = match_files(args.pred, args.gt)
+    ev = Evaluator(classes, instances=args.instances)
+    for name, pp, gp in tqdm(pairs, desc="scoring", unit="file"):
+        gt, pred = _load_pair(name, pp, gp, args.key, classes, args.instances)
+        if args.instances:
+            ev.add(pred > 0, gt > 0, key=name, meta={"source": str(gp)}, gt_instances=gt, pred_instances=pred)
+        else:
+            ev.add(pred, gt, key=name, meta={"source": str(gp)})
+    checkpoint = args.checkpoint or f"predictions in {args.pred}"
+    metrics = ev.result(split=args.split, checkpoint=checkpoint)
+    overlay_class = ev.rarest_class()
+    best, worst = ev.best_worst(overlay_class, n=args.overlays)
+    files = {name: (pp, gp) for name, pp, gp in pairs}
+
+    def items(scores):
+        out = []
+        for s in scores:
+            gt, pred = _load_pair(s.key, *files[s.key], args.key, classes, args.instances)
+            if args.instances:
+                gt, pred = (gt > 0).astype(np.uint8), (pred > 0).astype(np.uint8)
+            out.append((_load_image(args.images, s.key), gt, pred, s.key, s.dice))
+        return out
+
+    written = write_report(metrics, args.out, classes, items(best), items(worst), overlay_class)
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    print(f"{len(pairs)} files, split {args.split or 'unnamed'}: macro Dice {fmt(metrics['macro']['dice'])}, "
+          f"IoU {fmt(metrics['macro']['iou'])} over {', '.join(metrics['macro_over'])}; report {written['report']}")
+    return 0
