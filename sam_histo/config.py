@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -254,6 +255,29 @@ class ZeroShotConfig:
 
 
 @dataclass
+class HeatmapConfig:
+    """Binary heatmaps of one class over a large image or the tiles of a slide (sam_histo.eval.heatmap).
+
+    The steps run in this order, each optional, and the validator and predict report the effect of each:
+    ``zscore`` per-slide z-scores of the class scores; ``threshold`` a fixed number (in z units when
+    ``zscore`` is on, else a probability in [0, 1]) or ``auto-iou`` / ``auto-f1``: the threshold that
+    maximises that metric on the labelled validation split (predict reuses the value the validator chose);
+    ``average`` how the auto rule scores a threshold (``dataset``: pooled pixels, where IoU and F1 pick
+    the same threshold; ``slide``: mean over slides); ``min_size`` drops components of fewer elements
+    (pixels, or tiles of a tile-level heatmap), ``fill_holes`` then fills enclosed holes.
+    """
+
+    class_name: Optional[str] = None  # null = no heatmap
+    zscore: bool = True
+    threshold: Union[float, Literal["auto-iou", "auto-f1"]] = "auto-iou"
+    average: Literal["dataset", "slide"] = "dataset"
+    candidates: int = 256  # auto rule: thresholds tried (quantiles of the pooled scores)
+    min_size: int = 0
+    fill_holes: bool = True
+    connectivity: int = 1  # 1 = edge neighbours, 2 = edges and corners
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -268,6 +292,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -329,6 +354,7 @@ def _check_rules(cfg: Config) -> None:
         )
     if not 0 <= cfg.eval.window_overlap < 1:
         raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
+    _check_heatmap(cfg.heatmap, classes)
     if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.stain.method != "none"):
         raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, stain.method=none")
 
@@ -381,6 +407,28 @@ def _check_clip(clip: ClipConfig, zs: ZeroShotConfig, classes: set) -> None:
         )
 
 
+def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
+    if hm.class_name is not None and classes and hm.class_name not in classes:
+        raise ConfigError(
+            f"heatmap.class_name={hm.class_name!r} is not in data.classes {sorted(classes)}"
+            + _nearest(hm.class_name, classes)
+        )
+    if isinstance(hm.threshold, float):
+        if not math.isfinite(hm.threshold):
+            raise ConfigError(f"heatmap.threshold={hm.threshold} must be a finite number, auto-iou or auto-f1")
+        if not hm.zscore and not 0.0 <= hm.threshold <= 1.0:
+            raise ConfigError(
+                f"heatmap.threshold={hm.threshold} with heatmap.zscore=false is a probability and must be in "
+                "[0, 1]; set heatmap.zscore=true for a threshold in z units"
+            )
+    if hm.min_size < 0:
+        raise ConfigError(f"heatmap.min_size={hm.min_size} must be >= 0 (0 keeps every component)")
+    if hm.candidates < 2:
+        raise ConfigError(f"heatmap.candidates={hm.candidates} must be >= 2 thresholds")
+    if hm.connectivity not in (1, 2):
+        raise ConfigError(f"heatmap.connectivity={hm.connectivity} must be 1 (edges) or 2 (edges and corners)")
+
+
 # ----------------------------------------------------------------------------------- typed building
 def _nearest(key: str, options) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
@@ -388,6 +436,8 @@ def _nearest(key: str, options) -> str:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:  # name the allowed values, not "Literal"
+        return " | ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
