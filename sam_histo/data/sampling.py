@@ -87,6 +87,11 @@ class RareClassSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return self.iter_per_epoch
 
+    @property
+    def resume_offset(self) -> int:
+        """Position in this rank's epoch where the next iteration starts (0 unless resumed mid-epoch)."""
+        return self._skip
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
