@@ -3,11 +3,13 @@
 Normalises every image directly in ``--input`` to the reference's stain appearance and writes
 ``<stem>.png`` (lossless) into ``--out``. Resumable: outputs that already exist are skipped, and each
 file is written to a temporary name and renamed, so an interrupted run never leaves a half-written
-image under a final name. The fallback count (tiles with too little stain) is printed at the end.
+image under a final name; ``stain_normalize.json`` records the settings, and resuming with other
+settings is refused. The fallback count (tiles with too little stain) is printed at the end.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ from pathlib import Path
 from sam_histo.config import StainConfig
 from sam_histo.stain.base import FallbackCounter, StainError, list_images, load_references, read_rgb
 from sam_histo.stain.normalize import make_normalizer
+
+MANIFEST = "stain_normalize.json"  # the settings the outputs in --out were made with
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--io", type=float, default=defaults.io, help="Macenko background intensity")
     p.add_argument("--alpha", type=float, default=defaults.alpha, help="Macenko angular percentile")
     p.add_argument("--beta", type=float, default=defaults.beta, help="Macenko OD threshold")
-    return p
+    return parser
 
 
 def _write_png(img, path: Path) -> None:
@@ -41,6 +45,22 @@ def _write_png(img, path: Path) -> None:
 
     tmp = path.with_name(f".{path.stem}.partial.png")
     Image.fromarray(img).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _check_manifest(out_dir: Path, settings: dict) -> None:
+    """Outputs are only resumable under the same settings: keep them in a manifest and compare."""
+    path = out_dir / MANIFEST
+    if path.exists():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            diff = "; ".join(f"{k}={old.get(k)!r} there, {settings.get(k)!r} now" for k in changed)
+            raise StainError(f"--out {out_dir} holds outputs made with other settings ({diff}); "
+                             "choose a new --out folder")
+        return
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(settings, indent=1))
     os.replace(tmp, path)
 
 
@@ -58,6 +78,10 @@ def normalize_folder(cfg: StainConfig, method: str, input_dir: Path, out_dir: Pa
     counter = FallbackCounter()
     normalizer = make_normalizer(cfg, method, counter=counter).fit(load_references(cfg.reference))
     out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {"method": method, "reference": str(Path(cfg.reference).resolve())}
+    if method == "macenko":
+        settings.update(fallback=cfg.fallback, io=cfg.io, alpha=cfg.alpha, beta=cfg.beta)
+    _check_manifest(out_dir, settings)
     stems = [f.stem for f in files]
     if len(set(stems)) != len(stems):
         raise StainError(f"--input {input_dir}: two files share a name stem (outputs would collide as .png)")

@@ -13,11 +13,15 @@ Method, with the parameter meanings of the original code and of torchstain's num
 5. A tile is normalised by rescaling its concentrations by ``max_c_ref / max_c_tile`` and rebuilding
    it with the reference stain matrix: in OD space a single 3x3 linear map (base.od_affine_to_rgb).
 
-Differences from torchstain, by design: float32 pixels (float64 for the 3x3 algebra), output rounded
-(torchstain truncates ``Io * exp(-OD)`` and keeps the ``+ 1`` of step 1, so it is biased up by about
-half a level), percentiles by ``np.partition`` (same linear interpolation as ``np.percentile``), and
-every degenerate case raises ``InsufficientStain`` instead of propagating NaN, which
-``MacenkoNormalizer.transform`` turns into a counted fallback.
+Vectorised without per-pixel float work where the uint8 input allows it: OD comes from a 256-entry
+table; the covariance from three 256x256 joint histograms (exact, float64); per-pixel projections and
+concentrations from gathered tables; percentiles are exact order statistics found by partitioning
+only the candidates of a tail (base.percentile, O(n)).
+
+Differences from torchstain, by design: float32 per-pixel values (float64 for the 3x3 algebra), output
+rounded (torchstain truncates ``Io * exp(-OD)`` and keeps the ``+ 1`` of step 1, so it sits about half
+a level higher), and every degenerate case raises ``InsufficientStain`` instead of propagating NaN,
+which ``MacenkoNormalizer.transform`` turns into a counted fallback.
 """
 from __future__ import annotations
 
