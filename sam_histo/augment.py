@@ -118,8 +118,9 @@ def build_train_transform(aug: AugmentConfig, stain: StainConfig, image_size: in
                           counter: Optional[FallbackCounter] = None) -> Pipeline:
     """Training pipeline: normalise, random ``image_size`` crop, geometric, stain and photometric ops.
 
-    mask_fill: label written where padding or a warp uncovers pixels (pass the ignore index, or the
-    background id when there is none). Images are padded with white (H&E) or black (EM).
+    mask_fill: label written into ``mask`` where padding or a warp uncovers pixels (pass the ignore
+    index, or the background id when there is none); ``instances`` gets 0 (no instance) there.
+    Images are padded with white (H&E) or black (EM).
     counter: FallbackCounter shared by the stain ops (one is made if None; ``stain_counter(t)``).
     """
     _check(stain, aug, image_size, modality)
@@ -133,7 +134,7 @@ def build_train_transform(aug: AugmentConfig, stain: StainConfig, image_size: in
         ops += _stain_augment(aug, stain, counter)
     ops += _photometric(aug, fill)
     ops.append(MasksToInt64())
-    return _compose(ops, seed, counter)
+    return _compose(ops, seed, counter, instance_offset=mask_fill)
 
 
 def build_eval_transform(stain: StainConfig, image_size: int, modality: str = "he", *,
@@ -158,15 +159,28 @@ class Pipeline(A.Compose):
     """
 
     stain_counter: FallbackCounter
+    # albumentations pads and warps every mask with the same fill (the class ignore value); instance
+    # ids are shifted up by it on the way in and back on the way out, so uncovered pixels read 0.
+    instance_offset: int = 0
 
     def set_random_seed(self, seed: Optional[int]) -> None:
         super().set_random_seed(seed)
         self.set_random_state(self.random_generator, self.py_random)
 
+    def __call__(self, *args: Any, force_apply: bool = False, **data: Any) -> dict[str, Any]:
+        shift = self.instance_offset
+        if shift and data.get("instances") is not None:
+            data["instances"] = np.asarray(data["instances"]).astype(np.int64) + shift
+        out = super().__call__(*args, force_apply=force_apply, **data)
+        if shift and out.get("instances") is not None:
+            out["instances"] = out["instances"] - shift
+        return out
 
-def _compose(ops: list, seed: Optional[int], counter: FallbackCounter) -> Pipeline:
+
+def _compose(ops: list, seed: Optional[int], counter: FallbackCounter, instance_offset: int = 0) -> Pipeline:
     pipeline = Pipeline(ops, additional_targets={"instances": "mask"}, seed=seed)
     pipeline.stain_counter = counter
+    pipeline.instance_offset = int(instance_offset)
     return pipeline
 
 

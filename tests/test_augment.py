@@ -17,7 +17,7 @@ def block_image(size=64, seed=0):
     rng = np.random.default_rng(seed)
     mask = np.kron(rng.integers(0, 2, (size // 8, size // 8)), np.ones((8, 8), np.int64))
     img = np.stack([20 + 200 * mask, rng.integers(0, 256, mask.shape), 90 + 0 * mask], -1).astype(np.uint8)
-    return img, mask + 1  # labels 1, 2; 0 is the fill (ignore) value
+    return img, mask + 1  # labels 1, 2
 
 
 @pytest.mark.parametrize("op", ["flip", "rot90", "affine", "elastic", "crop"])
@@ -25,15 +25,16 @@ def test_mask_stays_aligned_through_each_geometric_op(op):
     img, mask = block_image()
     size = 48 if op == "crop" else 64
     aug = AugmentConfig(**{**NO_GEOMETRY, **({} if op == "crop" else {op: 1.0})})
-    t = build_train_transform(aug, StainConfig(), size, "he", mask_fill=0, seed=1)
+    t = build_train_transform(aug, StainConfig(), size, "he", mask_fill=5, seed=1)
     changed = 0
     for _ in range(4):
         out = t(image=img, mask=mask, instances=mask * 10)
         m, inst = out["mask"], out["instances"]
         assert m.dtype == np.int64 and inst.dtype == np.int64 and m.shape == (size, size)
-        assert set(np.unique(m)) <= {0, 1, 2}
-        np.testing.assert_array_equal(inst, m * 10)  # the second mask moves exactly like the first
-        inside = m > 0
+        assert set(np.unique(m)) <= {1, 2, 5}
+        inside = m != 5
+        np.testing.assert_array_equal(inst[inside], m[inside] * 10)  # the second mask moves with the first
+        assert np.all(inst[~inside] == 0)
         agree = (out["image"][..., 0] > 110) == (m == 2)
         assert agree[inside].mean() > 0.97, op  # only edge pixels may differ (linear vs nearest)
         changed += not np.array_equal(m, mask[:size, :size])
@@ -53,10 +54,13 @@ def test_flips_and_rotations_are_independent_and_seeded():
 def test_small_image_is_padded_with_the_mask_fill_value():
     img, mask = block_image(size=32)
     t = build_train_transform(AugmentConfig(**NO_GEOMETRY), StainConfig(), 48, "he", mask_fill=7, seed=0)
-    out = t(image=img, mask=mask)
+    out = t(image=img, mask=mask, instances=mask * 3)
     assert out["image"].shape == (48, 48, 3) and out["mask"].shape == (48, 48)
-    assert (out["mask"] == 7).sum() == 48 * 48 - 32 * 32
-    assert np.all(out["image"][out["mask"] == 7] == 255)  # H&E is padded with white
+    padded = out["mask"] == 7
+    assert padded.sum() == 48 * 48 - 32 * 32
+    assert np.all(out["image"][padded] == 255)  # H&E is padded with white
+    assert np.all(out["instances"][padded] == 0)  # no instance there, whatever the class fill
+    np.testing.assert_array_equal(out["instances"][~padded], out["mask"][~padded] * 3)
 
 
 def test_em_pipeline_rejects_stain_ops_and_runs_without_them():

@@ -207,3 +207,26 @@ def test_counter_is_shared_with_forked_workers_and_pickles():
     assert (copy.calls, copy.fallbacks) == (3, 2)
     counter.reset()
     assert counter.snapshot() == {"calls": 0, "fallbacks": 0, "rate": 0.0, "reasons": {}}
+
+
+def test_references_from_file_folder_and_bad_paths(tmp_path):
+    from PIL import Image
+
+    from sam_histo.stain.base import load_references
+
+    tiles = [mixed_tile(DEFAULT_HE, 32, seed=s) for s in (20, 21)]
+    (tmp_path / "refs").mkdir()
+    for i, t in enumerate(tiles):
+        Image.fromarray(t).save(tmp_path / "refs" / f"r{i}.png")
+    Image.fromarray(tiles[0][..., 0]).save(tmp_path / "grey.png")
+    loaded = load_references(tmp_path / "refs")
+    assert len(loaded) == 2 and all(np.array_equal(a, b) for a, b in zip(loaded, tiles))
+    assert load_references(str(tmp_path / "grey.png"))[0].shape == (32, 32, 3)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StainError, match="empty holds no images"):
+        load_references(tmp_path / "empty")
+    with pytest.raises(StainError, match="nope.png: no such image file"):
+        load_references(tmp_path / "nope.png")
+    (tmp_path / "junk.png").write_text("not an image")
+    with pytest.raises(StainError, match="junk.png: cannot read as an image"):
+        load_references(tmp_path / "junk.png")
