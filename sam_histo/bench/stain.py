@@ -83,6 +83,8 @@ def _degenerate(ours: MacenkoNormalizer, peer, tiles: dict[str, np.ndarray]) -> 
                 peer.normalize(img, Io=PARAMS["io"], alpha=PARAMS["alpha"], beta=PARAMS["beta"], stains=False)
             except Exception:
                 out["peer_crashes"] += 1
+                continue
+        # A NaN that did not crash ends up cast to uint8 silently.
         out["peer_nan_warnings"] += int(any("invalid value" in str(w.message) for w in caught))
     out["ours_fallbacks"] = ours.counter.fallbacks - before
     return out
