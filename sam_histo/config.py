@@ -107,27 +107,49 @@ class ModelConfig:
 
 @dataclass
 class StainConfig:
+    """Stain normalisation of H&E tiles to a reference (sam_histo/stain)."""
+
     method: Literal["none", "macenko", "reinhard"] = "none"
-    reference: Optional[str] = None
+    reference: Optional[str] = None  # an RGB tile, or a folder whose tiles are pooled
+    # For tiles with too little stain (blank, black, one colour, pen): Reinhard on their tissue pixels
+    # (the input when even that is impossible) or the input unchanged. Every fallback is counted.
     fallback: Literal["reinhard", "identity"] = "reinhard"
+    io: float = 240.0  # Macenko background intensity Io
+    alpha: float = 1.0  # Macenko angular percentile (stain directions at alpha and 100 - alpha)
+    beta: float = 0.15  # Macenko OD threshold: pixels below it in any channel are background
+    min_stained_pixels: int = 64  # fewer stained pixels than this -> fallback
 
 
 @dataclass
 class AugmentConfig:
-    flip: float = 0.5
+    """Train-time augmentation (sam_histo/augment.py); probabilities are per sample, 0 disables."""
+
+    flip: float = 0.5  # horizontal and vertical flip, each with this probability
     rot90: float = 0.5
     affine: float = 0.0
+    affine_scale: float = 0.1  # zoom in 1 +- this
+    affine_rotate: float = 15.0  # degrees, +-
+    affine_translate: float = 0.05  # fraction of the side, +-
     elastic: float = 0.0
     elastic_alpha: float = 30.0
     elastic_sigma: float = 4.0
     hed: float = 0.0  # probability of HED jitter (H&E only)
-    hed_alpha: float = 0.3
-    hed_beta: float = 0.3
-    brightness_contrast: float = 0.0
+    hed_alpha: float = 0.3  # per-stain scale in 1 +- alpha
+    hed_beta: float = 0.3  # per-stain shift in +- beta, optical-density units
+    macenko: float = 0.0  # probability of the Macenko-space stain perturbation (H&E only)
+    macenko_alpha: float = 0.2  # concentration scale in 1 +- alpha
+    macenko_beta: float = 0.2  # concentration shift in +- beta, optical-density units
+    macenko_sigma: float = 0.05  # std of the noise added to each unit stain vector
+    brightness_contrast: float = 0.0  # probability (EM: the intensity shift and contrast)
+    brightness: float = 0.2  # +- fraction of the maximum
+    contrast: float = 0.2  # +- fraction
     blur: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
-    noise: float = 0.0  # EM: Gaussian noise probability
-    cutout: float = 0.0  # EM: cutout probability
+    noise: float = 0.0  # Gaussian noise probability
+    noise_std: list[float] = field(default_factory=lambda: [0.02, 0.08])  # fraction of 255
+    cutout: float = 0.0  # cutout probability
+    cutout_holes: int = 3
+    cutout_size: float = 0.1  # hole side as a fraction of the image side
 
 
 @dataclass
@@ -355,8 +377,10 @@ def _check_rules(cfg: Config) -> None:
     if not 0 <= cfg.eval.window_overlap < 1:
         raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
     _check_heatmap(cfg.heatmap, classes)
-    if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.stain.method != "none"):
-        raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, stain.method=none")
+    if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.augment.macenko > 0
+                                          or cfg.stain.method != "none"):
+        raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, augment.macenko=0, "
+                          "stain.method=none")
 
 
 def _check_data_rules(cfg: Config) -> None:

@@ -1,0 +1,61 @@
+"""Stain normalisation to a configured reference: the normaliser from a StainConfig and its
+albumentations transform."""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import albumentations as A
+import numpy as np
+
+from sam_histo.config import ConfigError, StainConfig
+from sam_histo.stain.base import FallbackCounter, StainError, check_rgb, load_references
+from sam_histo.stain.macenko import MacenkoNormalizer
+from sam_histo.stain.reinhard import ReinhardNormalizer
+
+Normalizer = Union[MacenkoNormalizer, ReinhardNormalizer]
+
+
+def make_normalizer(cfg: StainConfig, method: Optional[str] = None,
+                    counter: Optional[FallbackCounter] = None) -> Normalizer:
+    """An unfitted normaliser for ``method`` (default ``cfg.method``) with the config's parameters."""
+    method = method or cfg.method
+    if method == "macenko":
+        return MacenkoNormalizer(cfg.io, cfg.alpha, cfg.beta, fallback=cfg.fallback,
+                                 min_pixels=cfg.min_stained_pixels, counter=counter)
+    if method == "reinhard":
+        return ReinhardNormalizer(counter=counter)
+    raise ConfigError(f"stain.method={method!r}: choose 'macenko' or 'reinhard' to normalise")
+
+
+def build_normalizer(cfg: StainConfig, counter: Optional[FallbackCounter] = None) -> Optional[Normalizer]:
+    """The normaliser fitted on ``cfg.reference`` (a tile or a folder of tiles), or None for method none."""
+    if cfg.method == "none":
+        return None
+    if not cfg.reference:
+        raise ConfigError(f"stain.method={cfg.method} needs stain.reference (an RGB tile or a folder of tiles)")
+    try:
+        refs = load_references(cfg.reference)
+        return make_normalizer(cfg, counter=counter).fit(refs)
+    except StainError as e:
+        raise ConfigError(f"stain.reference={cfg.reference!r}: {e}") from None
+
+
+class StainNormalize(A.ImageOnlyTransform):
+    """Albumentations wrapper of a fitted Macenko or Reinhard normaliser (always applied by default).
+
+    Image: (H, W, 3) uint8 RGB -> same. Fallbacks go to ``normalizer.counter`` (also ``self.counter``).
+    """
+
+    def __init__(self, normalizer: Normalizer, p: float = 1.0):
+        super().__init__(p=p)
+        self.normalizer = normalizer
+
+    @property
+    def counter(self) -> FallbackCounter:
+        return self.normalizer.counter
+
+    def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
+        return self.normalizer.transform(check_rgb(img, "StainNormalize input"))
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("normalizer",)
