@@ -146,7 +146,11 @@ def fetch(name: str, cache: Optional[str] = None, timeout: float = 10.0, manifes
     try:
         if entry["kind"] == "sam2_checkpoint":
             download(entry["url"], target, timeout)
-            verify(target, entry)
+            try:
+                verify(target, entry)
+            except FetchError:
+                target.unlink()  # never leave an unverified file where resolve_checkpoint would use it
+                raise
         else:
             _fetch_hf(entry, target, timeout)
     except (urllib.error.URLError, socket.timeout, TimeoutError, OSError) as e:
