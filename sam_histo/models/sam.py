@@ -13,7 +13,6 @@ are already in the model's S x S input frame (S = ``image_size``); ``logits`` th
 """
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple, Optional, Sequence
 from unittest import mock
 
@@ -351,13 +350,3 @@ def init_video_state(predictor, frames, offload_video_to_cpu: bool = True, chunk
     with mock.patch.object(_video_module, "load_video_frames", _loaded):
         return predictor.init_state(video_path="<frames in memory>", offload_video_to_cpu=offload_video_to_cpu)
 
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Temporarily switch ``model`` to eval (the predictors expect it) and restore its mode after."""
-    was = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was)
