@@ -213,10 +213,13 @@ def test_video_predictor_from_arrays_tracks_both_ways():
     frames = np.random.default_rng(8).integers(0, 256, (4, 40, 50), dtype=np.uint8)
     state = init_video_state(predictor, frames)
     assert state["num_frames"] == 4 and (state["video_height"], state["video_width"]) == (40, 50)
-    predictor.add_new_points_or_box(state, frame_idx=2, obj_id=1, points=np.array([[20.0, 20.0]]),
+    predictor.add_new_points_or_box(state, frame_idx=1, obj_id=1, points=np.array([[20.0, 20.0]]),
                                     labels=np.array([1]))
     seen = {}
-    for reverse in (False, True):  # backwards tracking used to crash on CPU (bfloat16 memories)
-        for idx, obj_ids, masks in predictor.propagate_in_video(state, reverse=reverse):
-            seen[idx] = masks.shape
+    for idx, _, masks in predictor.propagate_in_video(state):
+        seen[idx] = masks.shape
+    # Backwards from the last frame: its memory is then only the annotated frame's bfloat16 features,
+    # which crashed CPU memory attention ("mat1 and mat2 must have the same dtype") before the fix.
+    for idx, _, masks in predictor.propagate_in_video(state, start_frame_idx=3, reverse=True):
+        seen[idx] = masks.shape
     assert sorted(seen) == [0, 1, 2, 3] and all(s == (1, 1, 40, 50) for s in seen.values())
