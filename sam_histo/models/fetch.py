@@ -95,9 +95,9 @@ def offline() -> bool:
 def _by_hand(entry_name: str, entry: dict, target: Path) -> str:
     if entry["kind"] == "sam2_checkpoint":
         return f"download {entry['url']} on a machine with network and put it at {target}"
-    return (f"on a machine with network run `huggingface-cli download {entry['hf_repo']} --local-dir {target}`"
-            + (" (gated: accept the terms on the model page and log in first)" if entry.get("gated") else "")
-            + f", then copy {target} here")
+    gated = " (gated: accept the terms on the model page and log in first)" if entry.get("gated") else ""
+    return (f"on a machine with network run `huggingface-cli download {entry['hf_repo']} --local-dir DIR`"
+            f"{gated} and copy DIR to {target} on this machine")
 
 
 def verify(path: Path, entry: dict) -> str:

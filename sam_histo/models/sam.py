@@ -303,8 +303,9 @@ class SamHisto(nn.Module):
 
 # --------------------------------------------------------------------------------------- video
 def _memory_to_float32(module, args, kwargs):
-    """The video predictor stores memories in bfloat16; CPU attention then mixes dtypes and fails when
-    tracking backwards. Cast memory and its position encoding back to float32 before memory attention."""
+    """The video predictor stores mask memories in bfloat16. When a frame's memory holds no float32 object
+    pointers to promote them (tracking backwards from past the annotated frame), CPU memory attention fails
+    with "mat1 and mat2 must have the same dtype". Cast memory and its position encoding to float32."""
     for key in ("memory", "memory_pos"):
         if isinstance(kwargs.get(key), torch.Tensor) and kwargs[key].dtype == torch.bfloat16:
             kwargs[key] = kwargs[key].float()
