@@ -20,7 +20,7 @@ Groups (``param_group``):
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence, Union
+from typing import Sequence, Union
 
 from torch import nn
 
@@ -186,7 +186,3 @@ def no_weight_decay(name: str, param) -> bool:
     """True for biases, norm scales (any 0-/1-D tensor) and embedding/position tables."""
     return param.ndim <= 1 or name.endswith(".bias") or bool(_NO_DECAY.search(name))
 
-
-def names_in(model: nn.Module, groups: Iterable) -> list[str]:
-    wanted = set(groups)
-    return [n for n, g in group_map(model).items() if g in wanted]
