@@ -97,12 +97,21 @@ class PromptConfig:
 
 @dataclass
 class ModelConfig:
-    # A packaged sam2 config name (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l),
-    # a named small config for tests (tiny), or a path to a sam2 YAML.
+    # A packaged sam2 config name (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; short
+    # forms hiera_t ... and sam2_hiera_* for SAM 2.0), a named small config for tests (tiny), or a path to
+    # a sam2 YAML.
     arch: str = "sam2.1_hiera_t"
-    image_size: int = 1024
+    image_size: int = 1024  # any multiple of 32; feature sizes follow
+    # A name from third_party/manifest.yaml (sam2.1_hiera_tiny, hiera_t, ...; fetched into cache_dir by
+    # `sam-histo fetch-weights NAME`) or a path to a .pt ({"model": state_dict}) / .safetensors file.
+    # None: random initialisation.
     checkpoint: Optional[str] = None
+    strict: bool = True  # every key must match; false loads what fits (shapes must still agree)
+    cache_dir: Optional[str] = None  # default $SAM_HISTO_CACHE or ~/.cache/sam_histo
+    # Extra overrides of the sam2 YAML, Hydra spelling: "key=value" changes, "++key=value" adds.
+    overrides: list[str] = field(default_factory=list)
     mode: Literal["semantic", "prompted"] = "semantic"
+    multimask: bool = True  # prompted mode: 3 masks per prompt (the best one is trained) or 1
 
 
 @dataclass
