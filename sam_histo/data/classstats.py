@@ -111,11 +111,11 @@ def compute_stats(dataset, cache: str | Path | None = None, progress: bool = Tru
 
 
 def _check_names(names, known, key: str) -> None:
-    from sam_histo.config import ConfigError, _nearest
+    from sam_histo.config import ConfigError, nearest
 
     for name in names:
         if name not in known:
-            raise ConfigError(f"{key} names class {name!r}, not one of {list(known)}" + _nearest(name, known))
+            raise ConfigError(f"{key} names class {name!r}, not one of {list(known)}" + nearest(name, known))
 
 
 def class_weights(stats: ClassStats, cfg) -> np.ndarray:

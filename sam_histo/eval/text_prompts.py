@@ -55,7 +55,7 @@ class PromptSet:
         """Raise PromptFileError unless every class in ``names`` has prompts in this file."""
         missing = [n for n in names if n not in self.classes]
         if missing:
-            hints = "".join(_nearest(n, self.classes) for n in missing)
+            hints = "".join(nearest(n, self.classes) for n in missing)
             raise PromptFileError(
                 f"{self.path}: no prompts for class(es) {missing}{hints}; the file has {self.class_names}. "
                 "Add them under 'classes' or point clip.prompts at a file for these classes."
@@ -94,7 +94,7 @@ def _validate(tree, where: str) -> tuple[str, str, dict]:
         raise PromptFileError(f"{where}: the top level must be an object with 'templates' and 'classes'")
     for key in tree:
         if key not in _TOP_KEYS:
-            raise PromptFileError(f"{where}: unknown key {key!r}{_nearest(key, _TOP_KEYS)}; allowed: {list(_TOP_KEYS)}")
+            raise PromptFileError(f"{where}: unknown key {key!r}{nearest(key, _TOP_KEYS)}; allowed: {list(_TOP_KEYS)}")
     shared = tree.get("templates")
     if shared is not None:
         shared = _strings(shared, f"{where}: templates", template=True)
@@ -108,7 +108,7 @@ def _validate(tree, where: str) -> tuple[str, str, dict]:
             raise PromptFileError(f"{key} must be an object with 'synonyms' (and optionally 'templates')")
         for k in entry:
             if k not in _CLASS_KEYS:
-                raise PromptFileError(f"{key}: unknown key {k!r}{_nearest(k, _CLASS_KEYS)}; "
+                raise PromptFileError(f"{key}: unknown key {k!r}{nearest(k, _CLASS_KEYS)}; "
                                       f"allowed: {list(_CLASS_KEYS)}")
         if "synonyms" not in entry:
             raise PromptFileError(f"{key}: missing 'synonyms' (a non-empty list of names or descriptions)")
@@ -140,6 +140,6 @@ def _strings(value, key: str, *, template: bool) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _nearest(key: str, options) -> str:
+def nearest(key: str, options) -> str:
     close = difflib.get_close_matches(str(key), list(options), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""

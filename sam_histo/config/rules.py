@@ -1,0 +1,135 @@
+"""Cross-field rules of the configuration; each failure names the keys involved and the fix."""
+from __future__ import annotations
+
+import math
+
+from sam_histo.config.errors import ConfigError, nearest
+from sam_histo.config.schema import ClipConfig, Config, HeatmapConfig, ZeroShotConfig
+
+
+def check_rules(cfg: Config) -> None:
+    if cfg.model.image_size % 32:
+        raise ConfigError(
+            f"model.image_size={cfg.model.image_size} must be a multiple of 32 (Hiera downsamples by 32)"
+        )
+    if cfg.data.tile_stride <= 0 or cfg.data.tile_stride > cfg.data.tile_size:
+        raise ConfigError(
+            f"data.tile_stride={cfg.data.tile_stride} must be in 1..data.tile_size={cfg.data.tile_size}"
+        )
+    if not 0 <= cfg.data.val_fraction + cfg.data.test_fraction < 1:
+        raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
+    phases = cfg.train.phases
+    if not phases:
+        raise ConfigError("train.phases is empty: give at least one phase with start_epoch 0")
+    starts = [p.start_epoch for p in phases]
+    if starts[0] != 0 or starts != sorted(set(starts)):
+        raise ConfigError(
+            f"train.phases start_epoch values {starts} must start at 0 and strictly increase"
+        )
+    for i, p in enumerate(phases):
+        if p.lr <= 0 or p.min_lr < 0 or p.min_lr > p.lr:
+            raise ConfigError(f"train.phases[{i}]: need 0 <= min_lr <= lr and lr > 0")
+    classes = set(cfg.data.classes)
+    if len(classes) != len(cfg.data.classes):
+        raise ConfigError(f"data.classes has duplicates: {cfg.data.classes}")
+    for name in (*cfg.sampling.rates, *cfg.sampling.class_weights.override):
+        if classes and name not in classes:
+            raise ConfigError(
+                f"sampling names class {name!r} which is not in data.classes {sorted(classes)}"
+                + nearest(name, classes)
+            )
+    _check_data_rules(cfg)
+    if cfg.sampling.oversample == "manual" and not cfg.sampling.rates:
+        raise ConfigError("sampling.oversample=manual needs sampling.rates (class -> rate)")
+    lo, hi = cfg.sampling.class_weights.clip
+    if not 0 < lo <= hi:
+        raise ConfigError("sampling.class_weights.clip must be [low, high] with 0 < low <= high")
+    if cfg.stain.method != "none" and not cfg.stain.reference:
+        raise ConfigError(f"stain.method={cfg.stain.method} needs stain.reference (an RGB tile)")
+    _check_clip(cfg.clip, cfg.zeroshot, classes)
+    if cfg.eval.overlays < 0:
+        raise ConfigError(f"eval.overlays={cfg.eval.overlays} must be >= 0 (0 draws no overlays)")
+    if cfg.eval.overlay_class is not None and classes and cfg.eval.overlay_class not in classes:
+        raise ConfigError(
+            f"eval.overlay_class={cfg.eval.overlay_class!r} is not in data.classes {sorted(classes)}"
+            + nearest(cfg.eval.overlay_class, classes)
+        )
+    if not 0 <= cfg.eval.window_overlap < 1:
+        raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
+    _check_heatmap(cfg.heatmap, classes)
+    if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.augment.macenko > 0
+                                          or cfg.stain.method != "none"):
+        raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, augment.macenko=0, "
+                          "stain.method=none")
+
+
+def _check_data_rules(cfg: Config) -> None:
+    d = cfg.data
+    if d.split == "z" and d.dataset != "vesicle":
+        raise ConfigError(f"data.split=z splits a volume along z; data.dataset={d.dataset} needs random or institute")
+    if d.dataset == "vesicle" and d.split != "z":
+        raise ConfigError("data.dataset=vesicle cuts its volume along z: set data.split=z")
+    if d.split == "institute" and d.dataset != "bcss":
+        raise ConfigError("data.split=institute uses TCGA site codes and needs data.dataset=bcss")
+    if d.split == "institute" and not (d.val_sites or d.test_sites):
+        raise ConfigError("data.split=institute needs data.val_sites and/or data.test_sites (TCGA site codes)")
+    both = set(d.val_sites) & set(d.test_sites)
+    if both:
+        raise ConfigError(f"data.val_sites and data.test_sites share {sorted(both)}: a site goes to one split")
+    if cfg.sampling.iter_per_epoch is not None and cfg.sampling.iter_per_epoch < 1:
+        raise ConfigError("sampling.iter_per_epoch must be a positive number of samples (or null)")
+    if cfg.sampling.max_rate < 1:
+        raise ConfigError("sampling.max_rate must be >= 1 (a rate multiplies how often an image is drawn)")
+    if any(r <= 0 for r in cfg.sampling.rates.values()):
+        raise ConfigError(f"sampling.rates must be positive: {cfg.sampling.rates}")
+    p = cfg.prompts
+    if p.n_pos < 1 or p.n_neg < 0 or not 0 <= p.p_box <= 1 or p.max_objects < 1 or p.box_noise < 0:
+        raise ConfigError("prompts: need n_pos >= 1, n_neg >= 0, 0 <= p_box <= 1, max_objects >= 1, box_noise >= 0")
+
+
+def _check_clip(clip: ClipConfig, zs: ZeroShotConfig, classes: set) -> None:
+    if not 0.0 <= clip.head_alpha <= 1.0:
+        raise ConfigError(f"clip.head_alpha={clip.head_alpha} must be in [0, 1] (0 = zero-shot weights only)")
+    if clip.crop_margin < 0:
+        raise ConfigError(f"clip.crop_margin={clip.crop_margin} must be >= 0 (a fraction of the box side)")
+    for key in ("batch_size", "head_batch_size", "crop_min_side", "max_masks_per_image"):
+        if getattr(clip, key) < 1:
+            raise ConfigError(f"clip.{key}={getattr(clip, key)} must be >= 1")
+    if clip.head_epochs < 0 or clip.head_lr <= 0:
+        raise ConfigError("clip.head_epochs must be >= 0 and clip.head_lr > 0")
+    if clip.logit_scale is not None and clip.logit_scale <= 0:
+        raise ConfigError(f"clip.logit_scale={clip.logit_scale} must be > 0 (or null for the model's own)")
+    if zs.points_per_side < 1 or zs.points_per_batch < 1 or zs.crop_n_layers < 0:
+        raise ConfigError("zeroshot.points_per_side and points_per_batch must be >= 1, crop_n_layers >= 0")
+    for key in ("pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "min_class_prob"):
+        if not 0.0 <= getattr(zs, key) <= 1.0:
+            raise ConfigError(f"zeroshot.{key}={getattr(zs, key)} must be in [0, 1]")
+    if zs.unassigned and classes and zs.unassigned not in classes:
+        raise ConfigError(
+            f"zeroshot.unassigned={zs.unassigned!r} is not in data.classes {sorted(classes)}"
+            + nearest(zs.unassigned, classes)
+        )
+
+
+def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
+    if hm.class_name is not None and classes and hm.class_name not in classes:
+        raise ConfigError(
+            f"heatmap.class_name={hm.class_name!r} is not in data.classes {sorted(classes)}"
+            + nearest(hm.class_name, classes)
+        )
+    if isinstance(hm.threshold, float):
+        if not math.isfinite(hm.threshold):
+            raise ConfigError(f"heatmap.threshold={hm.threshold} must be a finite number, auto-iou or auto-f1")
+        if not hm.zscore and not 0.0 <= hm.threshold <= 1.0:
+            raise ConfigError(
+                f"heatmap.threshold={hm.threshold} with heatmap.zscore=false is a probability and must be in "
+                "[0, 1]; set heatmap.zscore=true for a threshold in z units"
+            )
+    if hm.min_size < 0:
+        raise ConfigError(f"heatmap.min_size={hm.min_size} must be >= 0 (0 keeps every component)")
+    if hm.candidates < 2:
+        raise ConfigError(f"heatmap.candidates={hm.candidates} must be >= 2 thresholds")
+    if hm.connectivity not in (1, 2):
+        raise ConfigError(f"heatmap.connectivity={hm.connectivity} must be 1 (edges) or 2 (edges and corners)")
+
+
