@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-LOSS_KEYS = ("mask", "dice", "iou", "class")
+from sam_histo.config.schema import LOSS_KEYS
 
 
 def _masked_mean(values: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:

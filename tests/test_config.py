@@ -71,3 +71,11 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(out)
     assert again == cfg
     assert yaml.safe_load(out.read_text())["train"]["epochs"] == 5
+
+
+def test_exponent_without_dot_is_a_number():
+    # YAML 1.1 reads "3e-4" as a string; a float field still takes it
+    cfg = load_config(None, ["train.phases=[{start_epoch: 0, lr: 3e-4, min_lr: 1e-6}]"])
+    assert cfg.train.phases[0].lr == 3e-4 and cfg.train.phases[0].min_lr == 1e-6
+    with pytest.raises(ConfigError, match="expected a number, got '3e-x'"):
+        load_config(None, ["train.phases=[{start_epoch: 0, lr: 3e-x}]"])

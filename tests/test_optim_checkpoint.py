@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from sam_histo.config import PhaseConfig
 from sam_histo.training import checkpoint as ck
-from sam_histo.training.optim import lr_at, no_weight_decay, param_groups, phase_epochs, phase_index, set_lr
+from sam_histo.training.optim import lr_at, param_groups, phase_epochs, phase_index, set_lr
 
 
 def test_phase_lookup_and_lengths():
@@ -50,7 +50,6 @@ def test_param_groups_layer_decay_and_no_decay():
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups])
     set_lr(opt, 0.1)
     assert sorted(g["lr"] for g in opt.param_groups) == sorted(0.1 * g["lr_scale"] for g in groups)
-    assert no_weight_decay("trunk.pos_embed", torch.zeros(1, 3, 4, 4))
 
 
 def _tiny():

@@ -6,6 +6,7 @@ does the same for its globals).
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -16,6 +17,7 @@ import yaml
 from sam_histo.config.errors import ConfigError, nearest
 from sam_histo.config.schema import Config
 
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
@@ -62,6 +64,8 @@ def _coerce(value: Any, tp, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str) and _SCI.fullmatch(value.strip()):
+            return float(value)  # PyYAML (YAML 1.1) reads 3e-4 without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)

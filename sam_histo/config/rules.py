@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from sam_histo.config.errors import ConfigError, nearest
-from sam_histo.config.schema import ClipConfig, Config, HeatmapConfig, ZeroShotConfig
+from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, HeatmapConfig, ZeroShotConfig
 
 
 def check_rules(cfg: Config) -> None:
@@ -29,6 +29,7 @@ def check_rules(cfg: Config) -> None:
     for i, p in enumerate(phases):
         if p.lr <= 0 or p.min_lr < 0 or p.min_lr > p.lr:
             raise ConfigError(f"train.phases[{i}]: need 0 <= min_lr <= lr and lr > 0")
+    _check_train(cfg.train)
     classes = set(cfg.data.classes)
     if len(classes) != len(cfg.data.classes):
         raise ConfigError(f"data.classes has duplicates: {cfg.data.classes}")
@@ -133,3 +134,25 @@ def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
         raise ConfigError(f"heatmap.connectivity={hm.connectivity} must be 1 (edges) or 2 (edges and corners)")
 
 
+
+
+def _check_train(t) -> None:
+    import signal
+
+    for key in ("epochs", "batch_size", "grad_accum", "val_every", "log_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
+    late = [p.start_epoch for p in t.phases if p.start_epoch >= t.epochs]
+    if late:
+        raise ConfigError(f"train.phases start at epochs {late}, but train.epochs={t.epochs}: those phases "
+                          "would never run; raise train.epochs or drop them")
+    if t.checkpoint_every_steps < 0 or t.max_nonfinite < 1 or t.keep_checkpoints < 1:
+        raise ConfigError("need train.checkpoint_every_steps >= 0, train.max_nonfinite >= 1, "
+                          "train.keep_checkpoints >= 1")
+    for name in t.preempt_signals:
+        if not isinstance(getattr(signal, name, None), signal.Signals):
+            raise ConfigError(f"train.preempt_signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+    unknown = set(t.loss.weights) - set(LOSS_KEYS)
+    if unknown:
+        raise ConfigError(f"train.loss.weights has unknown key(s) {sorted(unknown)}; the keys are {list(LOSS_KEYS)}"
+                          + nearest(sorted(unknown)[0], LOSS_KEYS))

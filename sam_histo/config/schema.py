@@ -155,6 +155,10 @@ class PhaseConfig:
     min_lr: float = 1e-6
 
 
+# The terms of SAM2's prompted loss, in the order of train.loss.weights.
+LOSS_KEYS = ("mask", "dice", "iou", "class")
+
+
 @dataclass
 class LossConfig:
     # Prompted mode (SAM2's recipe): weights of focal, dice, IoU-prediction MSE and object-score losses.
@@ -164,14 +168,17 @@ class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
     # Semantic mode.
+    supervise_all_iou: bool = True  # IoU regression on every candidate mask (sam2.1 training configs)
+    # Semantic mode.
     semantic: Literal["ce", "focal"] = "ce"
     semantic_dice: float = 1.0
 
 
 @dataclass
 class EarlyStopConfig:
-    metric: Literal["dice", "iou", "recall", "f1"] = "dice"  # macro per-class, never binary tissue
-    patience: int = 10
+    # The macro per-class metric (over classes present in the ground truth), never a binary tissue one.
+    metric: Literal["dice", "iou", "recall", "precision"] = "dice"
+    patience: int = 10  # validations without an improvement of min_delta before stopping; 0 = never stop
     min_delta: float = 0.001
 
 
@@ -189,9 +196,13 @@ class TrainConfig:
     train_prompt_encoder: bool = True
     phases: list[PhaseConfig] = field(default_factory=lambda: [PhaseConfig()])
     val_every: int = 1
-    checkpoint_every_steps: int = 500
-    resume: str = "auto"  # auto | never | path to a checkpoint folder
-    max_nonfinite: int = 10
+    checkpoint_every_steps: int = 500  # also at the end of every epoch; 0 = only there
+    keep_checkpoints: int = 2  # step checkpoints kept (best/ is kept apart)
+    resume: str = "auto"  # auto (the run folder's latest) | never | path to a checkpoint folder
+    max_nonfinite: int = 10  # this many non-finite losses or gradients in a row stop the run
+    log_every: int = 10  # optimizer steps between train log lines
+    # Signals that make the run write a checkpoint at the next step and exit 0 (SLURM preemption).
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     loss: LossConfig = field(default_factory=LossConfig)
@@ -202,7 +213,8 @@ class EvalConfig:
     split: Literal["train", "val", "test"] = "val"
     window_overlap: float = 0.25
     batch_size: int = 4
-    prompt_seed: int = 1234
+    prompt_seed: int = 1234  # validation prompts are a function of (prompt_seed, sample index)
+    max_objects: int = 256  # prompted validation: objects prompted per tile (all components up to this)
     instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes
     overlays: int = 3  # best and worst images drawn in the report (0: none)
     overlay_class: Optional[str] = None  # class that ranks them; default the rarest class in the split
@@ -246,6 +258,7 @@ class ClipConfig:
     # and at most this many (largest first) per image.
     min_mask_area: int = 16
     max_masks_per_image: int = 64
+    train_head: bool = False  # `sam-histo train` fits the CLIP head on ground-truth masks after SAM2
 
 
 @dataclass

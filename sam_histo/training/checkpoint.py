@@ -24,8 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-CKPT_DIR = "checkpoints"
-LATEST = "LATEST"
+from sam_histo.models.load import CKPT_DIR, LATEST
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -4,7 +4,8 @@ The phase and the learning rate are pure functions of the epoch and the step (na
 a resumed run recomputes them instead of restoring scheduler objects. Within each phase the rate rises
 linearly over ``warmup_steps`` and then follows a cosine from ``lr`` to ``min_lr`` until the phase ends.
 Parameter groups apply layer-wise decay inside the image encoder (``layer_decay ** (depth - layer)``,
-as SAM2's fine-tuning configs do with 0.9) and no weight decay on norms, biases and embeddings.
+as SAM2's fine-tuning configs do with 0.9) and no weight decay on norms, biases and embeddings
+(``models.stages.no_weight_decay``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from sam_histo.config import PhaseConfig
+from sam_histo.models.stages import no_weight_decay
 
 
 def phase_index(epoch: int, phases: list[PhaseConfig]) -> int:
@@ -40,12 +42,6 @@ def lr_at(step_in_phase: int, steps_in_phase: int, phase: PhaseConfig) -> float:
     span = max(steps_in_phase - warm, 1)
     progress = min(max(step_in_phase - warm, 0) / span, 1.0)
     return phase.min_lr + 0.5 * (phase.lr - phase.min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """Norm weights, biases, position embeddings and learned tokens are not decayed."""
-    leaf = name.rsplit(".", 1)[-1]
-    return param.ndim <= 1 or leaf == "bias" or "pos_embed" in name or "norm" in name or name.endswith("_embed")
 
 
 @dataclass

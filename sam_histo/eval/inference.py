@@ -1,0 +1,93 @@
+"""A model's predictions for one image, shared by the validator, the trainer's validation and predict.
+
+Semantic mode: class probabilities from the class-token head, over windows of the model's input size
+blended by ``sliding.sliding_window`` (tiles larger or smaller than the input both work). The ignore id
+is never predicted: its logit is set to -inf before the softmax.
+
+Prompted mode: every object's prompts go through SAM2 with the whole image resized to the model input
+(as SAM2ImagePredictor does); each object's best mask (highest predicted IoU among the multimask
+outputs) is pasted back with the object's class, and where masks overlap the one with the larger logit
+wins. Pixels no mask covers get ``unassigned_id``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from sam_histo.data.types import Prompts
+from sam_histo.eval.sliding import sliding_window
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtype=None):
+    """A ``predict_fn`` for sliding_window: uint8 tiles (B, S, S, 3) -> float32 probabilities (B, C, S, S)."""
+    device = model_device(model)
+
+    @torch.no_grad()
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        pixels = model.preprocess(np.ascontiguousarray(tiles))
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(pixels).float()
+        if ignore_index is not None:
+            logits[:, ignore_index] = float("-inf")
+        return logits.softmax(dim=1).cpu().numpy()
+
+    return predict
+
+
+def semantic_probs(model, image: np.ndarray, num_classes: int, ignore_index: Optional[int] = None,
+                   overlap: float = 0.25, batch_size: int = 4, autocast_dtype=None) -> np.ndarray:
+    """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3) of any size."""
+    fn = semantic_predict_fn(model, ignore_index, autocast_dtype)
+    return sliding_window(image, fn, model.image_size, overlap, batch_size, num_classes)
+
+
+def take(prompts: Prompts, idx) -> Prompts:
+    """The objects ``idx`` of a Prompts (a slice or an index array)."""
+    return Prompts(points=prompts.points[idx], point_labels=prompts.point_labels[idx],
+                   boxes=None if prompts.boxes is None else prompts.boxes[idx], has_box=prompts.has_box[idx],
+                   class_ids=prompts.class_ids[idx], targets=prompts.targets[idx])
+
+
+@torch.no_grad()
+def prompted_masks(model, image: np.ndarray, prompts: Prompts, chunk: int = 32):
+    """Each object's best mask logits for one image: (N, H, W) float32 tensor on the CPU, and the
+    predicted IoU of that mask (N,). Objects are decoded ``chunk`` at a time to bound memory."""
+    h, w = image.shape[:2]
+    feats = model.encode(model.preprocess(image[None]))
+    logits, ious = [], []
+    for start in range(0, len(prompts), chunk):
+        out = model.forward_prompted(feats, [take(prompts, slice(start, start + chunk))], multimask=True,
+                                     orig_hw=(h, w))
+        best = out.iou_pred.argmax(dim=1)
+        rows = torch.arange(len(best), device=best.device)
+        logits.append(out.logits[rows, best].float().cpu())
+        ious.append(out.iou_pred[rows, best].float().cpu())
+    if not logits:
+        return torch.zeros(0, h, w), torch.zeros(0)
+    return torch.cat(logits), torch.cat(ious)
+
+
+def paste_masks(logits: torch.Tensor, class_ids, unassigned_id: int, threshold: float = 0.0) -> np.ndarray:
+    """Class map (H, W) int64 from per-object mask logits (N, H, W): a pixel takes the class of the object
+    with the largest logit if that logit is above ``threshold``, else ``unassigned_id``."""
+    h, w = logits.shape[-2:]
+    out = np.full((h, w), unassigned_id, np.int64)
+    if len(logits) == 0:
+        return out
+    top, which = logits.max(dim=0)
+    cls = torch.as_tensor(np.asarray(class_ids, np.int64))[which]
+    covered = top > threshold
+    out[covered.numpy()] = cls[covered].numpy()
+    return out
+
+
+def prompted_class_map(model, image: np.ndarray, prompts: Prompts, unassigned_id: int) -> np.ndarray:
+    """Class map (H, W) int64 of one image from its prompts (see the module docstring)."""
+    logits, _ = prompted_masks(model, image, prompts)
+    return paste_masks(logits, prompts.class_ids, unassigned_id)

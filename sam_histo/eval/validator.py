@@ -1,0 +1,142 @@
+"""Per-class validation of a model over a split, and `sam-histo validate`.
+
+Semantic mode scores the dense class map (sliding windows of the model input over each tile); prompted
+mode scores the class map pasted together from each object's prompted mask, with prompts that are a
+pure function of (eval.prompt_seed, sample index), so every epoch and every process sees the same ones.
+Under several processes each takes every world-th sample (no padding) and the per-image records are
+gathered, so the numbers equal one process's exactly (``Evaluator.reduce``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from sam_histo.config import Config, load_config
+from sam_histo.data.prompts import make_prompts, prompt_rng
+from sam_histo.data.types import ClassSpec
+from sam_histo.eval.class_map import unassigned_id
+from sam_histo.eval.evaluator import Evaluator
+from sam_histo.eval.inference import prompted_class_map, semantic_probs
+
+
+def modality(dataset: str) -> str:
+    return "em" if dataset == "vesicle" else "he"
+
+
+class SplitPredictor:
+    """Predictions of one model for the samples of one adapter, in the configured mode.
+
+    ``__call__(index) -> (sample, pred, probs)``: the eval-transformed sample (stain normalisation only),
+    its predicted class map (H, W) int64 and, in semantic mode, probabilities (C, H, W) (else None).
+    """
+
+    def __init__(self, model, adapter, cfg: Config):
+        from sam_histo.augment import build_eval_transform
+
+        self.model, self.adapter = model, adapter
+        self.classes: ClassSpec = adapter.classes
+        self.mode = cfg.model.mode
+        self.eval_cfg = cfg.eval
+        # Validation prompts every object (up to eval.max_objects) with no box noise drop-out.
+        self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects)
+        self.transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
+        self.unassigned = unassigned_id(self.classes, cfg.zeroshot.unassigned)
+
+    def __call__(self, index: int):
+        sample = self.adapter[index]
+        extra = {"instances": sample.instances} if sample.instances is not None else {}
+        out = self.transform(image=sample.image, mask=sample.mask, **extra)
+        sample.image, sample.mask = out["image"], out["mask"]
+        if self.mode == "semantic":
+            probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
+                                   self.eval_cfg.window_overlap, self.eval_cfg.batch_size)
+            return sample, probs.argmax(0).astype(np.int64), probs
+        prompts = make_prompts(sample.mask, self.classes, self.prompt_cfg,
+                               prompt_rng(self.eval_cfg.prompt_seed, index), instances=sample.instances)
+        return sample, prompted_class_map(self.model, sample.image, prompts, self.unassigned), None
+
+
+def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True) -> Evaluator:
+    """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    world = accelerator.num_processes if accelerator is not None else 1
+    predictor = SplitPredictor(model, adapter, cfg)
+    ev = Evaluator(adapter.classes)
+    was_training = model.training
+    model.eval()
+    try:
+        indices = range(rank, len(adapter), world)
+        for i in tqdm(indices, desc=f"validate {adapter.split}", unit="tile", disable=not progress, leave=False):
+            sample, pred, probs = predictor(i)
+            ev.add(pred, sample.mask, probs=probs, meta={**sample.meta, "index": i}, key=i)
+    finally:
+        model.train(was_training)
+    return ev.reduce(accelerator)
+
+
+def overlay_items(predictor: SplitPredictor, scores) -> list[tuple]:
+    """(image, gt, pred, name, dice) for report overlays, recomputed for the few images named."""
+    items = []
+    for s in scores:
+        sample, pred, _ = predictor(int(s.key))
+        items.append((sample.image, sample.mask, pred, f"{Path(sample.source).stem}_{s.key}", s.dice))
+    return items
+
+
+def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, checkpoint: Optional[str] = None,
+             accelerator=None, progress: bool = True) -> dict:
+    """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report."""
+    from sam_histo.data.dataset import build_dataset
+    from sam_histo.eval.report import write_report
+
+    adapter = build_dataset(cfg.data, split)
+    if len(adapter) == 0:
+        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+    ev = evaluate(model, adapter, cfg, accelerator, progress)
+    metrics = ev.result(split=split, checkpoint=checkpoint)
+    metrics["mode"] = cfg.model.mode
+    is_main = accelerator is None or accelerator.is_main_process
+    if out_dir is not None and is_main:
+        overlay_class = cfg.eval.overlay_class or ev.rarest_class()
+        best, worst = ev.best_worst(overlay_class, n=cfg.eval.overlays) if cfg.eval.overlays else ([], [])
+        predictor = SplitPredictor(model, adapter, cfg)
+        model.eval()
+        write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
+                     overlay_items(predictor, worst), overlay_class)
+    return metrics
+
+
+def headline(metrics: dict) -> str:
+    """One line: macro Dice / IoU over the classes present, and each class's Dice."""
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    per = ", ".join(f"{k} {fmt(v['dice'])}" for k, v in metrics["per_class"].items())
+    return (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} "
+            f"IoU {fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="sam-histo validate", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="weights file, checkpoint folder, or run folder (uses checkpoints/best)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json, report.md, plots")
+    parser.add_argument("--split", default=None, help="train, val or test (default eval.split)")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    split = args.split or cfg.eval.split
+    from sam_histo.data.dataset import class_spec
+    from sam_histo.models.load import load_model, resolve_model_file
+
+    classes = class_spec(cfg.data)
+    weights = resolve_model_file(args.checkpoint)
+    model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
+    metrics = validate(model, cfg, split, args.out, checkpoint=str(weights))
+    print(headline(metrics))
+    print(f"report: {args.out / 'report.md'}")
+    return 0
