@@ -254,6 +254,11 @@ class ClipConfig:
     head_balanced: bool = True  # inverse-frequency class weights in the head's cross-entropy
     # WiSE-FT interpolation: weights = (1 - alpha) * zero-shot + alpha * tuned (0 = pure zero-shot).
     head_alpha: float = 0.5
+    # A saved head (clip_head.safetensors) to classify with instead of the zero-shot text classifier.
+    head: str = ""
+    # After SAM2 training, tune the head on the training split's ground-truth masks and save
+    # <run>/clip_head.safetensors with <run>/clip_head_metrics.json (sam_histo.eval.clip_train).
+    train_head: bool = False
     # Ground-truth masks for the head and for CLIP accuracy: components smaller than this are skipped,
     # and at most this many (largest first) per image.
     min_mask_area: int = 16
