@@ -51,3 +51,14 @@ def vesicle_root(tmp_path_factory):
     write_vesicle(root, n=8, seed=0, size=64, depth=12, fmt="h5")
     write_vesicle(root, n=8, seed=0, size=64, depth=12, fmt="tif")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription stalls."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -263,7 +263,6 @@ class ClipConfig:
     # and at most this many (largest first) per image.
     min_mask_area: int = 16
     max_masks_per_image: int = 64
-    train_head: bool = False  # `sam-histo train` fits the CLIP head on ground-truth masks after SAM2
 
 
 @dataclass
