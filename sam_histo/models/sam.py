@@ -77,7 +77,12 @@ class PromptedOutput(NamedTuple):
 def to_pixels(images, size: int, device=None) -> torch.Tensor:
     """uint8 (B, H, W, 3) / (H, W, 3) numpy or tensor, or float (B, 3, H, W) in [0, 1] -> normalised float
     (B, 3, size, size), as SAM2Transforms: to [0, 1], bilinear antialiased resize, ImageNet mean/std."""
-    x = torch.as_tensor(images) if not isinstance(images, torch.Tensor) else images
+    if not isinstance(images, torch.Tensor):
+        arr = np.asarray(images)
+        # read-only arrays (e.g. from a decoded PNG) are copied: torch cannot wrap them safely
+        x = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+    else:
+        x = images
     if x.dtype == torch.uint8:
         if x.ndim == 3:
             x = x[None]
