@@ -42,10 +42,21 @@ def test_stats_table_and_a_clear_error(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
 
 
-def test_demo_writes_data_and_prints_statistics(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "run"), "--n", "3"]) == 0
+def test_demo_trains_two_phases_and_writes_the_report(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["demo", "--out", str(run), "--n", "3"]) == 0
     text = capsys.readouterr().out
-    assert "class statistics of the train split" in text and "not wired" in text
-    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "class_stats.json").is_file()
-    stats = json.loads((tmp_path / "run" / "class_stats.json").read_text())
-    assert np.asarray(stats["counts"]).shape[1] == 7
+    assert "class statistics of the train split" in text and str(run / "eval" / "val" / "report.md") in text
+    assert (run / "config.yaml").is_file() and (run / "class_stats.json").is_file()
+    stats = json.loads((run / "class_stats.json").read_text())
+    assert np.asarray(stats["counts"]).shape[1] == 7  # outside_roi + the 6 trained classes
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {e["phase"] for e in events if e["event"] == "train"} == {0, 1}  # both unfreeze phases ran
+    assert [e["epoch"] for e in events if e["event"] == "val"] == [0, 1]
+    report = run / "eval" / "val"
+    for name in ("report.md", "metrics.json", "confusion_matrix.png", "per_class.png"):
+        assert (report / name).is_file(), name
+    assert list(report.glob("overlay_*.png"))
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert "outside_roi" not in metrics["per_class"] and metrics["split"] == "val"
+    assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
