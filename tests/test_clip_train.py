@@ -15,14 +15,6 @@ from sam_histo.eval.text_prompts import PROMPTS_DIR, load_prompts
 from test_clip_head import SPEC, SWAPPED, blob_samples
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a CPU shared with other jobs: intra-op threads only add waits (docs/DESIGN.md section 5)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Split(list):
     def __init__(self, samples, split):

@@ -21,14 +21,6 @@ CONTRACT = ("class_names", "ignore_index", "per_class", "macro", "micro", "confu
 PER_CLASS = ("dice", "iou", "precision", "recall", "f1", "support_pixels", "pred_pixels", "images_present")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a CPU shared with other jobs: intra-op threads only add waits (docs/DESIGN.md section 5)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class Split(list):
     """A list of Samples that looks like a dataset adapter."""

@@ -20,7 +20,7 @@ Groups (``param_group``):
 from __future__ import annotations
 
 import re
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 from torch import nn
 
@@ -51,17 +51,27 @@ def stage_ends(model: nn.Module) -> list[int]:
     return list(core.image_encoder.trunk.stage_ends)
 
 
+def _trunk_block(name: str) -> Optional[int]:
+    """-1 for the patch and position embeddings, i for a parameter of trunk block i, None otherwise
+    (``name`` relative to the SAM2Base or with the ``sam.`` prefix)."""
+    if name.startswith("sam."):
+        name = name[len("sam."):]
+    if name.startswith(_STAGE0):
+        return -1
+    m = _BLOCK.match(name)
+    return int(m.group(1)) if m else None
+
+
 def param_group(name: str, ends: Sequence[int]) -> Union[int, str]:
     """Group of one parameter, by its name relative to the SAM2Base (or with ``sam.`` / ``semantic_head.``)."""
     if name.startswith("semantic_head."):
         return "semantic_head"
+    block = _trunk_block(name)
     if name.startswith("sam."):
         name = name[len("sam."):]
-    if name.startswith(_STAGE0):
+    if block == -1:
         return 0
-    m = _BLOCK.match(name)
-    if m:
-        block = int(m.group(1))
+    if block is not None:
         for stage, end in enumerate(ends):
             if block <= end:
                 return stage
@@ -167,14 +177,8 @@ def num_layers(model: nn.Module) -> int:
 def layer_id(name: str, n_blocks: int) -> int:
     """Layer-wise LR decay id: 0 for patch/position embeddings, i+1 for trunk block i, n_blocks+1 for
     everything after the trunk (neck, heads). Same numbering as Hiera.get_layer_id in sam2 (BEiT's rule)."""
-    if name.startswith("sam."):
-        name = name[len("sam."):]
-    if name.startswith(_STAGE0):
-        return 0
-    m = _BLOCK.match(name)
-    if m:
-        return int(m.group(1)) + 1
-    return n_blocks + 1
+    block = _trunk_block(name)
+    return n_blocks + 1 if block is None else block + 1
 
 
 def layer_ids(model: nn.Module) -> dict[str, int]:
