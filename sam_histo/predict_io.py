@@ -84,6 +84,8 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from None
     rgb = _to_rgb(np.asarray(a), path)
+    if not rgb.flags.writeable:  # PIL hands out read-only buffers; torch.from_numpy warns on those
+        rgb = rgb.copy()
     if rgb.shape[0] * rgb.shape[1] > max_pixels:
         raise DataError(f"{path}: {rgb.shape[1]} x {rgb.shape[0]} pixels is more than --max-pixels={max_pixels}; "
                         "cut the slide into tiles (they can share a slide id with --slide-pattern)")

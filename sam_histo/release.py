@@ -63,7 +63,7 @@ def split_state(state: dict, mode: str, source: Path) -> tuple[dict, Optional[di
     from sam_histo.models.weights import unwrap_sam
 
     prefix = "semantic_head."
-    head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)} if mode == "semantic" else {}
     if mode == "semantic" and not head:
         raise ReleaseError(f"{source}: model.mode is semantic but the checkpoint has no {prefix}* weights")
     return unwrap_sam(state), head or None
@@ -95,12 +95,15 @@ def versions() -> dict:
 
     from sam_histo import __version__
 
+    import torch
+
     out = {"sam_histo": __version__, "python": platform.python_version()}
-    for dist in ("sam2", "open_clip_torch", "torch", "safetensors"):
+    for dist in ("sam2", "open_clip_torch", "safetensors"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             out[dist] = None
+    out["torch"] = torch.__version__  # with its build tag (e.g. +cu130): numerics can differ between builds
     return out
 
 
