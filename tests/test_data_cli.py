@@ -45,7 +45,12 @@ def test_stats_table_and_a_clear_error(tmp_path, capsys):
 def test_demo_writes_data_and_prints_statistics(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "run"), "--n", "3"]) == 0
     text = capsys.readouterr().out
-    assert "class statistics of the train split" in text and "not wired" in text
+    assert "class statistics of the train split" in text and "[demo] release" in text
+    # the demo ends with a release of its run and a prediction of a held-out ROI
+    import sam_histo
+
+    assert sam_histo.load_release(tmp_path / "run" / "release").model.semantic_head is not None
+    assert len(list((tmp_path / "run" / "predictions" / "labels").glob("*.png"))) == 1
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "class_stats.json").is_file()
     stats = json.loads((tmp_path / "run" / "class_stats.json").read_text())
     assert np.asarray(stats["counts"]).shape[1] == 7
