@@ -29,7 +29,8 @@ def per_class_table(m: dict, split: str) -> list[str]:
     rows.append(f"| **macro** over the classes present ({over}) | | {_f(macro['dice'])} | {_f(macro['iou'])} | "
                 f"{_f(macro['precision'])} | {_f(macro['recall'])} |")
     if m.get("absent_classes"):
-        rows += ["", f"Absent from this split's ground truth (not in the macro mean): {', '.join(m['absent_classes'])}."]
+        absent = ", ".join(m["absent_classes"])
+        rows += ["", f"Absent from this split's ground truth (not in the macro mean): {absent}."]
     return rows
 
 
@@ -82,7 +83,8 @@ def render_card(info: dict, classes: dict, metrics: dict) -> str:
              f"{', tuned CLIP head' if info['files']['clip_head'] else ''}; {model['parameters']:,} parameters. "
              f"Released checkpoint: {info['released_checkpoint']['label']}. Base checkpoint: {base_text}.", "",
              "Classes (id: name): " + ", ".join(f"{i}: {n}" for i, n in zip(classes["ids"], classes["names"]))
-             + (f"; id {ignore} ({classes['names'][ignore]}) is the ignore index, never predicted." if ignore is not None else "."),
+             + (f"; id {ignore} ({classes['names'][ignore]}) is the ignore index, never predicted."
+                if ignore is not None else "."),
              "", "## Intended use", "",
              "Research on tissue segmentation: comparing methods, pre-annotating regions for a pathologist to "
              "correct, and reproducing the table below. **Not for diagnosis** or any clinical decision; it has not "
@@ -107,7 +109,8 @@ def render_card(info: dict, classes: dict, metrics: dict) -> str:
               f"{' (with uncommitted changes)' if info['git'].get('dirty') else ''}; sam2 {info['versions']['sam2']}, "
               f"open_clip {info['versions']['open_clip_torch']}, torch {info['versions']['torch']}.",
               f"- Prompt file: {info['prompts'].get('source') or info['prompts'].get('reason')}"
-              + (f" (sha256 of its canonical JSON `{info['prompts']['sha256']}`)" if info['prompts'].get('sha256') else ""),
+              + (f" (sha256 of its canonical JSON `{info['prompts']['sha256']}`)"
+                 if info["prompts"].get("sha256") else ""),
               f"- Metrics source: {metrics.get('source', 'none')}.",
               "- Every file's sha256 is in `SHA256SUMS` (`sha256sum -c SHA256SUMS`).", "",
               "## How to load", "", *_how_to_load(info), ""]

@@ -60,8 +60,11 @@ def _clip_classifier(release):
         raise PredictError(f"{release.path}: a prompted-mode release without a class-token head needs a CLIP "
                            "head or a prompt file to name its masks, and this bundle has neither; release a "
                            "semantic-mode run, or a run trained with clip.train_head=true")
-    if clip.weights is None and not clip.arch.startswith(("hf-hub:", "local-dir:")) and clip.backend == "open_clip":
-        raise PredictError(f"{release.path}: the release names CLIP clip.arch={clip.arch} with clip.weights=null "
+    random_clip = (clip.arch == "tiny" and not clip.weights) or clip.weights == "random" or (
+        clip.backend == "open_clip" and not clip.weights and not clip.arch.startswith(("hf-hub:", "local-dir:")))
+    if random_clip:
+        raise PredictError(f"{release.path}: the release names CLIP clip.arch={clip.arch} with "
+                           f"clip.weights={clip.weights or 'null'} "
                            "(random weights, which cannot be rebuilt); pass the CLIP it was trained with, e.g. "
                            "clip.weights=/path/to/weights or clip.arch=local-dir:/folder")
     head = Path(clip.head) if files.get("clip_head") else None
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--min-size", type=int, default=None, help="drop components with fewer pixels")
     h.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None, help="fill enclosed holes")
     h.add_argument("--slide-pattern", default=None,
-                   help=r"regex on the file name giving its slide id (e.g. '^[^_]+' for BCSS); default one slide per image")
+                   help=r"regex on the file name giving its slide id (e.g. '^[^_]+' for BCSS); default one "
+                        "slide per image")
     p.add_argument("overrides", nargs="*", help="clip.* / zeroshot.* overrides for prompted releases")
     return p
 

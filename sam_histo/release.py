@@ -346,7 +346,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="best (default), last, or a checkpoint folder / weights file")
     p.add_argument("--force", action="store_true", help="replace an existing different bundle at --out")
     p.add_argument("--no-recompute", action="store_true",
-                   help="never run the validator; copy the run's metrics with a note when they are of another checkpoint")
+                   help="never run the validator; copy the run's metrics, with a note when they are of another "
+                        "checkpoint")
     args = p.parse_args(argv)
     try:
         out, digest, outcome = make_release(args.run, args.out, args.checkpoint, args.force, not args.no_recompute)

@@ -54,7 +54,8 @@ def test_predict_large_image_writes_every_output_at_its_size(bundle, release, tm
     np.testing.assert_array_equal(decode(records, (150, 200), fill=0), label)  # RLE round trip
     assert {r["category_id"] for r in records} == set(np.unique(label).tolist())
     for r in records:
-        assert r["image_id"] == "big" and r["score"] == pytest.approx(probs[r["category_id"]][label == r["category_id"]].mean())
+        c = r["category_id"]
+        assert r["image_id"] == "big" and r["score"] == pytest.approx(probs[c][label == c].mean())
     for c, name in enumerate(release.classes.names[1:], start=1):
         np.testing.assert_array_equal(_png(tmp_path / f"o/probs/big/{name}.png"), np.rint(probs[c] * 255))
     assert not (tmp_path / "o/probs/big/outside_roi.png").exists()
@@ -95,7 +96,8 @@ def test_predict_heatmap_is_the_zscore_threshold_cleanup_of_the_class_probabilit
         Image.fromarray(im).save(tmp_path / f"{k}.png")
     out = tmp_path / "o"
     assert main(["--release", str(bundle), "--input", str(tmp_path), "--out", str(out), "--no-rle",
-                 "--heatmap-class", "tumor", "--threshold", "0.3", "--min-size", "5", "--slide-pattern", "^([^_]+)"]) == 0
+                 "--heatmap-class", "tumor", "--threshold", "0.3", "--min-size", "5",
+                 "--slide-pattern", "^([^_]+)"]) == 0
     tumor = {k: _probs(release, im)[1] for k, im in images.items()}
     for slide, keys in (("s1", ["s1_a", "s1_b"]), ("s2", ["s2_a"])):
         pooled = np.concatenate([tumor[k].ravel() for k in keys]).astype(np.float64)

@@ -215,3 +215,18 @@ def test_release_errors_name_the_problem(tmp_path, tiny_run):
     with pytest.raises(ReleaseError, match="checkpoints/best/model.safetensors is missing.*--checkpoint last"):
         make_release(run, tmp_path / "out")
     assert make_release(run, tmp_path / "out", checkpoint="last")[2] == "new"
+
+
+def test_base_checkpoint_is_named_with_its_sha256_or_the_reason_it_is_missing(tmp_path, monkeypatch):
+    from sam_histo.config import ModelConfig
+    from sam_histo.models.fetch import find, load_manifest
+    from sam_histo.release import base_checkpoint_info
+
+    weights = tmp_path / "base.pt"
+    torch.save({"model": {"w": torch.arange(5.0)}}, weights)
+    info = base_checkpoint_info(ModelConfig(checkpoint=str(weights)))
+    assert info["sha256"] == _sha(weights) and info["file"] == str(weights) and info["sha256_published"] is None
+    monkeypatch.setenv("SAM_HISTO_CACHE", str(tmp_path / "empty_cache"))
+    info = base_checkpoint_info(ModelConfig(checkpoint="sam2.1_hiera_tiny"))
+    assert info["sha256"] is None and "not on this machine" in info["reason"]
+    assert info["sha256_published"] == find("sam2.1_hiera_tiny", load_manifest())[1]["sha256"]

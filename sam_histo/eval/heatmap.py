@@ -177,7 +177,8 @@ def report_section(block: dict) -> str:
     units = "z-scores per slide" if s["zscore"] else "probabilities"
     lines = [f"## Heatmap: {block['class_name']} (split `{block['split']}`, {block['n_images']} images, "
              f"{block['n_slides']} slides)", "",
-             f"Scores: the model's probability of `{block['class_name']}`{', z-scored per slide' if s['zscore'] else ''}; "
+             f"Scores: the model's probability of `{block['class_name']}`"
+             f"{', z-scored per slide' if s['zscore'] else ''}; "
              f"threshold {_fmt(block['threshold'])} in {units} (rule `{block['rule']}`); clean-up: components under "
              f"{s['min_size']} px dropped, holes {'filled' if s['fill_holes'] else 'kept'}.", ""]
     choice = block.get("threshold_choice")
@@ -193,7 +194,8 @@ def report_section(block: dict) -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for r in block["steps"]:
         lines.append(f"| {r['step']} | {_fmt(r['threshold'])} | {100 * r['positive_fraction']:.2f} % | "
-                     f"{_fmt(r.get('iou'))} | {_fmt(r.get('f1'))} | {_fmt(r.get('mean_iou'))} | {_fmt(r.get('iou_before'))} |")
+                     f"{_fmt(r.get('iou'))} | {_fmt(r.get('f1'))} | {_fmt(r.get('mean_iou'))} | "
+                     f"{_fmt(r.get('iou_before'))} |")
     if block["steps"] and block["steps"][0]["step"] == "raw":
         lines += ["", "`raw`: the probabilities at their own best global threshold, the baseline z-scoring must beat."]
     return "\n".join(lines)
