@@ -60,3 +60,9 @@ def test_demo_trains_two_phases_and_writes_the_report(tmp_path, capsys):
     metrics = json.loads((report / "metrics.json").read_text())
     assert "outside_roi" not in metrics["per_class"] and metrics["split"] == "val"
     assert (run / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert "[demo] release" in text
+    # the demo ends with a release of its run and a prediction of a held-out ROI
+    import sam_histo
+
+    assert sam_histo.load_release(run / "release").model.semantic_head is not None
+    assert len(list((run / "predictions" / "labels").glob("*.png"))) == 1

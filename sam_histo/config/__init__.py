@@ -7,6 +7,7 @@
 from sam_histo.config.errors import ConfigError, nearest
 from sam_histo.config.loader import (
     PROJECT_ROOT,
+    config_from_dict,
     load_config,
     parse_override,
     resolve_config_path,
@@ -36,6 +37,6 @@ from sam_histo.config.schema import (
 __all__ = [
     "PROJECT_ROOT", "nearest", "AugmentConfig", "ClassWeightConfig", "ClipConfig", "Config", "ConfigError", "DataConfig",
     "EarlyStopConfig", "EvalConfig", "HeatmapConfig", "LossConfig", "ModelConfig", "PhaseConfig", "PromptConfig",
-    "SamplingConfig", "StainConfig", "TissueConfig", "TrainConfig", "ZeroShotConfig", "load_config",
+    "SamplingConfig", "StainConfig", "TissueConfig", "TrainConfig", "ZeroShotConfig", "config_from_dict", "load_config",
     "parse_override", "resolve_config_path", "save_config", "to_dict",
 ]

@@ -149,10 +149,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
+    return config_from_dict(tree, f" (in {path})" if path else "")
+
+
+def config_from_dict(tree: dict, where: str = "") -> Config:
+    """A Config from a nested mapping (e.g. ``to_dict`` of one, read back from JSON), with the same type and
+    cross-field checks as :func:`load_config`; ``where`` is appended to error messages."""
     try:
         cfg = _build(Config, tree)
     except ConfigError as e:
-        where = f" (in {path})" if path else ""
         raise ConfigError(f"{e}{where}") from None
     return cfg.check()
 

@@ -126,3 +126,76 @@ def run_heatmap(
         masks = [clean_mask(m, cfg.min_size, cfg.fill_holes, cfg.connectivity) for m in masks]
         steps.append(_row("clean", t, masks, targets, valid, slide_ids, steps[-1]))
     return HeatmapResult(masks, maps, t, rule, sweep, steps)
+
+
+# ------------------------------------------------------------------------------------- validator use
+class HeatmapCollector:
+    """The validator's per-image maps of ``cfg.class_name``: its probability, its ground truth, the counted
+    pixels (not the ignore id) and the slide. ``result`` runs :func:`run_heatmap` with those labels.
+
+    Holds float32 + two bool maps per image (6 bytes a pixel): fine for validation splits of tens of tiles.
+    """
+
+    def __init__(self, cfg: HeatmapConfig, classes):
+        if cfg.class_name not in classes.trained_names:
+            from sam_histo.config import ConfigError
+
+            raise ConfigError(f"heatmap.class_name={cfg.class_name!r} is not a trained class "
+                              f"({', '.join(classes.trained_names)})")
+        self.cfg, self.class_id, self.ignore = cfg, classes.id_of(cfg.class_name), classes.ignore_index
+        self.items: list[dict] = []
+
+    def add(self, key, probs: np.ndarray, gt: np.ndarray, slide) -> None:
+        """probs (C, H, W) of one image, gt (H, W) int ids, slide: its slide id."""
+        gt = np.asarray(gt)
+        self.items.append({"key": key, "score": np.asarray(probs[self.class_id], np.float32),
+                           "target": gt == self.class_id, "slide": str(slide),
+                           "valid": None if self.ignore is None else gt != self.ignore})
+
+    def result(self, split: str, accelerator=None) -> dict:
+        """The ``heatmap`` block of the metrics JSON (gathers every process's images first)."""
+        from dataclasses import asdict
+
+        from sam_histo.eval.evaluator import gather_records
+
+        items = {repr(r["key"]): r for r in gather_records(self.items, accelerator)}
+        items = [items[k] for k in sorted(items)]
+        valid = None if self.ignore is None else [r["valid"] for r in items]
+        res = run_heatmap([r["score"] for r in items], self.cfg, [r["slide"] for r in items],
+                          [r["target"] for r in items], valid=valid)
+        return {"class_name": self.cfg.class_name, "split": split, "settings": asdict(self.cfg),
+                "n_images": len(items), "n_slides": len({r["slide"] for r in items}), **res.report()}
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.4g}"
+
+
+def report_section(block: dict) -> str:
+    """Markdown for report.md: the settings, the chosen threshold beside the other optimum, the step table."""
+    s = block["settings"]
+    units = "z-scores per slide" if s["zscore"] else "probabilities"
+    lines = [f"## Heatmap: {block['class_name']} (split `{block['split']}`, {block['n_images']} images, "
+             f"{block['n_slides']} slides)", "",
+             f"Scores: the model's probability of `{block['class_name']}`"
+             f"{', z-scored per slide' if s['zscore'] else ''}; "
+             f"threshold {_fmt(block['threshold'])} in {units} (rule `{block['rule']}`); clean-up: components under "
+             f"{s['min_size']} px dropped, holes {'filled' if s['fill_holes'] else 'kept'}.", ""]
+    choice = block.get("threshold_choice")
+    if choice:
+        i, f = choice["iou_optimal"], choice["f1_optimal"]
+        lines += [f"Threshold choice ({choice['average']} averaging): IoU-optimal {_fmt(i['threshold'])} (IoU "
+                  f"{_fmt(i['iou'])}, F1 {_fmt(i['f1'])}); F1-optimal {_fmt(f['threshold'])} (IoU {_fmt(f['iou'])}, "
+                  f"F1 {_fmt(f['f1'])})."
+                  + (" At dataset level the two coincide (F1 = 2 IoU / (1 + IoU)); heatmap.average=slide scores the "
+                     "mean over slides, where they differ." if choice["average"] == "dataset" else ""), ""]
+    lines += ["Effect of each step (IoU and F1 dataset level over the split; mean IoU over slides):", "",
+              "| step | threshold | positive | IoU | F1 | mean IoU over slides | IoU before |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in block["steps"]:
+        lines.append(f"| {r['step']} | {_fmt(r['threshold'])} | {100 * r['positive_fraction']:.2f} % | "
+                     f"{_fmt(r.get('iou'))} | {_fmt(r.get('f1'))} | {_fmt(r.get('mean_iou'))} | "
+                     f"{_fmt(r.get('iou_before'))} |")
+    if block["steps"] and block["steps"][0]["step"] == "raw":
+        lines += ["", "`raw`: the probabilities at their own best global threshold, the baseline z-scoring must beat."]
+    return "\n".join(lines)

@@ -61,8 +61,9 @@ class SplitPredictor:
         return sample, prompted_class_map(self.model, sample.image, prompts, self.unassigned), None
 
 
-def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True) -> Evaluator:
-    """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator."""
+def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
+    """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator; a
+    ``heatmap`` (eval.heatmap.HeatmapCollector) also gets every image's probabilities."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     predictor = SplitPredictor(model, adapter, cfg)
@@ -74,6 +75,8 @@ def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = Tru
         for i in tqdm(indices, desc=f"validate {adapter.split}", unit="tile", disable=not progress, leave=False):
             sample, pred, probs = predictor(i)
             ev.add(pred, sample.mask, probs=probs, meta={**sample.meta, "index": i}, key=i)
+            if heatmap is not None:
+                heatmap.add(i, probs, sample.mask, sample.meta.get("slide", sample.source))
     finally:
         model.train(was_training)
     return ev.reduce(accelerator)
@@ -97,18 +100,40 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
     adapter = build_dataset(cfg.data, split)
     if len(adapter) == 0:
         raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
-    ev = evaluate(model, adapter, cfg, accelerator, progress)
+    collector = heatmap_collector(cfg, adapter.classes)
+    ev = evaluate(model, adapter, cfg, accelerator, progress, collector)
     metrics = ev.result(split=split, checkpoint=checkpoint)
     metrics["mode"] = cfg.model.mode
+    if collector is not None:
+        metrics["heatmap"] = collector.result(split, accelerator)
     is_main = accelerator is None or accelerator.is_main_process
     if out_dir is not None and is_main:
         overlay_class = cfg.eval.overlay_class or ev.rarest_class()
         best, worst = ev.best_worst(overlay_class, n=cfg.eval.overlays) if cfg.eval.overlays else ([], [])
         predictor = SplitPredictor(model, adapter, cfg)
         model.eval()
-        write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
-                     overlay_items(predictor, worst), overlay_class)
+        files = write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
+                             overlay_items(predictor, worst), overlay_class)
+        if collector is not None:
+            from sam_histo.eval.heatmap import report_section
+
+            files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
+                                       + report_section(metrics["heatmap"]) + "\n")
     return metrics
+
+
+def heatmap_collector(cfg: Config, classes: ClassSpec):
+    """A HeatmapCollector when ``heatmap.class_name`` is set (semantic mode only: it needs probabilities)."""
+    if not cfg.heatmap.class_name:
+        return None
+    if cfg.model.mode != "semantic":
+        from sam_histo.config import ConfigError
+
+        raise ConfigError("heatmap.class_name needs class probabilities, which only model.mode=semantic gives; "
+                          "prompted validation scores class maps")
+    from sam_histo.eval.heatmap import HeatmapCollector
+
+    return HeatmapCollector(cfg.heatmap, classes)
 
 
 def headline(metrics: dict) -> str:
@@ -138,5 +163,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
     metrics = validate(model, cfg, split, args.out, checkpoint=str(weights))
     print(headline(metrics))
+    if "heatmap" in metrics:
+        h = metrics["heatmap"]
+        last = h["steps"][-1]
+        print(f"heatmap {h['class_name']}: threshold {h['threshold']:.4g} ({h['rule']}), IoU {last['iou']:.3f} "
+              f"after {last['step']} (predict --heatmap-class {h['class_name']} --threshold {h['threshold']:.6g})")
     print(f"report: {args.out / 'report.md'}")
     return 0

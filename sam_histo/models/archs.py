@@ -185,3 +185,31 @@ def load_yaml_with_overrides(spec: ArchSpec):
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.resolve(cfg)
     return cfg
+
+
+def sam2_build_args(arch: str, image_size: int, extra: list[str] | tuple[str, ...] = ()) -> tuple[str, list[str]]:
+    """``(config_file, hydra_overrides_extra)`` that make sam2's own ``build_sam2`` build this architecture.
+
+    ``config_file`` is the packaged YAML's name inside sam2 (``configs/sam2.1/sam2.1_hiera_t.yaml``), the
+    overrides are ours in Hydra's spelling (our ``?key=value``, "only where the key exists", becomes a plain
+    override or is dropped). build_sam2 adds the image post-processing overrides itself. Raises ConfigError
+    for an architecture given as a YAML file outside the sam2 package: Hydra only finds packaged configs.
+    """
+    from omegaconf import OmegaConf
+
+    spec = resolve_arch(arch, image_size, extra)
+    try:
+        name = spec.yaml_path.resolve().relative_to(sam2_package_dir().resolve()).as_posix()
+    except ValueError:
+        raise ConfigError(f"model.arch={arch!r} is a YAML file outside the sam2 package; sam2's build_sam2 only "
+                          "composes packaged configs (copy it into sam2/configs to use build_sam2)") from None
+    base = OmegaConf.load(spec.yaml_path)
+    out = []
+    for text in spec.overrides:
+        if text.startswith("?"):
+            _, key, _ = parse_override(text)
+            if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+                continue
+            text = text[1:]
+        out.append(text)
+    return name, out

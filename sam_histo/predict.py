@@ -1,0 +1,267 @@
+"""`sam-histo predict --release DIR --input PATH --out DIR`: label maps, probabilities, overlays, RLE, heatmaps.
+
+    sam-histo predict --release DIR --input IMAGE_OR_FOLDER --out DIR [--probs] [--no-overlay] [--no-rle]
+        [--heatmap-class NAME [--threshold T] [--no-zscore] [--min-size N] [--no-fill-holes]
+         [--slide-pattern REGEX]] [clip.* / zeroshot.* overrides]
+
+The release is verified (every sha256) and loaded. Semantic releases slide windows of the model's input
+size over each image with overlap and blend them (``eval.inference.semantic_probs``), so any image size
+works and the label map has the input's size. Prompted releases without a class-token head classify
+SAM2's automatic masks with CLIP (the bundle's tuned head, else the zero-shot classifier of its prompt
+file), as ``sam-histo zeroshot`` does. Files per image: see :mod:`sam_histo.predict_io`; images whose files
+all exist are skipped, so an interrupted run continues where it stopped.
+
+Heatmaps (``--heatmap-class``): the class's probability, z-scored per slide (one image = one slide unless
+``--slide-pattern`` takes the slide id from the file name), thresholded, then cleaned (components smaller
+than ``--min-size`` dropped, holes filled). The threshold is ``--threshold`` or, when the release's
+validation chose one for this class (``sam-histo validate ... heatmap.class_name=X``), that value with the
+settings it was chosen under. ``heatmap.json`` reports the threshold, its source and what each step did.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from sam_histo.config import ConfigError, HeatmapConfig
+from sam_histo.data.types import DataError
+from sam_histo.predict_io import MAX_PIXELS, Outputs, list_inputs, read_image, save_npy
+
+
+class PredictError(ConfigError):
+    """The release cannot predict as asked; the message says what is missing and how to supply it."""
+
+
+# ------------------------------------------------------------------------------------ the predictor
+def _semantic(release, overlap: float, batch_size: int):
+    from sam_histo.eval.inference import semantic_probs
+
+    classes = release.classes
+
+    def predict(image: np.ndarray):
+        probs = semantic_probs(release.model, image, classes.num_classes, classes.ignore_index, overlap, batch_size)
+        return probs.argmax(0).astype(np.int64), probs
+
+    return predict
+
+
+def _clip_classifier(release):
+    """The bundle's CLIP head (else the zero-shot classifier of its prompt file) on the CLIP of its config."""
+    from sam_histo.eval.clip_classify import build_mask_classifier
+
+    cfg, files = release.config, release.info["files"]
+    clip = cfg.clip
+    if not files.get("clip_head") and not files.get("prompts"):
+        raise PredictError(f"{release.path}: a prompted-mode release without a class-token head needs a CLIP "
+                           "head or a prompt file to name its masks, and this bundle has neither; release a "
+                           "semantic-mode run, or a run trained with clip.train_head=true")
+    random_clip = (clip.arch == "tiny" and not clip.weights) or clip.weights == "random" or (
+        clip.backend == "open_clip" and not clip.weights and not clip.arch.startswith(("hf-hub:", "local-dir:")))
+    if random_clip:
+        raise PredictError(f"{release.path}: the release names CLIP clip.arch={clip.arch} with "
+                           f"clip.weights={clip.weights or 'null'} "
+                           "(random weights, which cannot be rebuilt); pass the CLIP it was trained with, e.g. "
+                           "clip.weights=/path/to/weights or clip.arch=local-dir:/folder")
+    head = Path(clip.head) if files.get("clip_head") else None
+    try:
+        return build_mask_classifier(clip, release.classes.trained_names, release.prompts_path, head_path=head)
+    except ValueError as e:  # the head belongs to another CLIP or other classes
+        raise PredictError(f"clip head: {e}") from None
+
+
+def _prompted(release):
+    from sam_histo.eval.class_map import generator_kwargs, unassigned_id
+    from sam_histo.eval.zeroshot import classify_image
+
+    cfg, classes = release.config, release.classes
+    classifier = _clip_classifier(release)
+    generator = release.model.automatic_mask_generator(**generator_kwargs(cfg.zeroshot))
+    column_ids = [classes.id_of(n) for n in classifier.class_names]
+    fill = unassigned_id(classes, cfg.zeroshot.unassigned)
+
+    def predict(image: np.ndarray):
+        out = classify_image(generator, classifier, image, column_ids, classes.num_classes, fill, cfg.zeroshot)
+        return out["label"], out["probs"]
+
+    return predict
+
+
+def make_predictor(release, overlap: Optional[float] = None, batch_size: Optional[int] = None):
+    """``predict(uint8 (H, W, 3)) -> (label int64 (H, W), probs float32 (C, H, W))`` for a loaded release,
+    with the release's stain normalisation applied first."""
+    cfg = release.config
+    if release.model.semantic_head is not None:
+        core = _semantic(release, cfg.eval.window_overlap if overlap is None else overlap,
+                         cfg.eval.batch_size if batch_size is None else batch_size)
+    else:
+        core = _prompted(release)
+    if cfg.stain.method == "none":
+        return core
+    from sam_histo.augment import build_eval_transform
+    from sam_histo.eval.validator import modality
+
+    transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
+    return lambda image: core(transform(image=image)["image"])
+
+
+# -------------------------------------------------------------------------------------- one image
+def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.ndarray, classes,
+                  prob_ids: list[int], file_name: str) -> None:
+    from sam_histo.eval.overlay import overlay, save_png
+    from sam_histo.eval.rle import encode_label_map, write_records
+
+    if o.probs:
+        for c in prob_ids:
+            save_png(o.prob_png(classes.names[c]), np.rint(np.clip(probs[c], 0, 1) * 255).astype(np.uint8))
+    if o.heatmap_class:
+        save_npy(o.score_npy, probs[classes.id_of(o.heatmap_class)].astype(np.float32))
+    if o.overlay:
+        save_png(o.overlay_png, overlay(image, label, classes.colors(), ignore_index=classes.ignore_index))
+    if o.rle:
+        present = [int(c) for c in np.unique(label) if c != classes.ignore_index]
+        scores = {c: float(probs[c][label == c].mean()) for c in present}  # mean probability of its pixels
+        write_records(o.rle_json, encode_label_map(label, classes.names, classes.ignore_index, scores=scores,
+                                                   image_id=o.key, file_name=file_name))
+    save_png(o.label, label)
+
+
+# --------------------------------------------------------------------------------------- heatmaps
+def heatmap_settings(release, class_name: str, args) -> tuple[HeatmapConfig, float, str]:
+    """(HeatmapConfig, threshold, where the threshold came from). Options given on the command line win;
+    otherwise the settings the release's validation chose the threshold under, else the defaults."""
+    chosen = (release.metrics.get("val") or {}).get("heatmap") or {}
+    from_val = chosen.get("class_name") == class_name
+    base = HeatmapConfig(**chosen["settings"]) if from_val else HeatmapConfig(class_name=class_name)
+    changes = {k: v for k, v in (("zscore", args.zscore), ("min_size", args.min_size),
+                                 ("fill_holes", args.fill_holes)) if v is not None}
+    hcfg = dataclasses.replace(base, class_name=class_name, **changes)
+    if args.threshold is not None:
+        if not hcfg.zscore and not 0.0 <= args.threshold <= 1.0:
+            raise PredictError(f"--threshold {args.threshold} without z-scoring is a probability: give one in [0, 1]")
+        return dataclasses.replace(hcfg, threshold=float(args.threshold)), float(args.threshold), "--threshold"
+    if from_val and not changes:
+        return (dataclasses.replace(hcfg, threshold=float(chosen["threshold"])), float(chosen["threshold"]),
+                f"the release's validation ({chosen.get('rule')} on split {chosen.get('split')}, metrics.json "
+                "val.heatmap)")
+    raise PredictError(f"--heatmap-class {class_name}: give --threshold T; an IoU-optimal one needs labels: run "
+                       f"`sam-histo validate ... heatmap.class_name={class_name}` and pass its heatmap.threshold"
+                       + (" (the release's own was chosen under other settings)" if from_val else ""))
+
+
+def slide_id(key: str, pattern: Optional[str]) -> str:
+    """The slide an image belongs to: the first group (else the whole match) of ``pattern`` in its name."""
+    if not pattern:
+        return key
+    m = re.search(pattern, Path(key).name)
+    if m is None:
+        raise DataError(f"--slide-pattern {pattern!r} does not match {Path(key).name!r}")
+    return m.group(1) if m.groups() else m.group(0)
+
+
+def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Path) -> dict:
+    from sam_histo.eval.files import write_json
+    from sam_histo.eval.heatmap import run_heatmap
+    from sam_histo.eval.overlay import save_png
+
+    hcfg, threshold, source = heatmap_settings(release, class_name, args)
+    scores = [np.load(o.score_npy, allow_pickle=False) for o in outputs]
+    slides = [slide_id(o.key, args.slide_pattern) for o in outputs]
+    res = run_heatmap(scores, hcfg, slides, threshold=threshold)
+    for o, mask in zip(outputs, res.masks):
+        save_png(o.heatmap_png, mask.astype(np.uint8) * 255)
+    report = {"class_name": class_name, "threshold": threshold, "threshold_source": source,
+              "units": "z-scores per slide" if hcfg.zscore else "probability", "settings": dataclasses.asdict(hcfg),
+              "steps": res.steps, "slides": {s: slides.count(s) for s in dict.fromkeys(slides)},
+              "images": {o.key: {"slide": s, "positive_fraction": float(m.mean())}
+                         for o, s, m in zip(outputs, slides, res.masks)}}
+    write_json(out / "heatmap.json", report, indent=1)
+    return report
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sam-histo predict", description=__doc__.split("\n\n")[0])
+    p.add_argument("--release", required=True, type=Path, help="a bundle written by `sam-histo release`")
+    p.add_argument("--input", required=True, type=Path, help="an image (PNG, TIFF, JPEG) or a folder of them")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; finished images are skipped)")
+    p.add_argument("--recursive", action="store_true", help="also read the images in sub-folders of --input")
+    p.add_argument("--probs", action="store_true", help="write per-class probability maps (8-bit PNG per class)")
+    p.add_argument("--overlay", action=argparse.BooleanOptionalAction, default=True, help="label overlays")
+    p.add_argument("--rle", action=argparse.BooleanOptionalAction, default=True, help="COCO-style RLE JSON")
+    p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default eval.window_overlap)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per model call (default eval.batch_size)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (memory)")
+    p.add_argument("--expected-digest", default=None, help="sha256 of the bundle's SHA256SUMS, as published")
+    h = p.add_argument_group("heatmap of one class")
+    h.add_argument("--heatmap-class", default=None, help="class name; writes heatmaps/ and heatmap.json")
+    h.add_argument("--threshold", type=float, default=None,
+                   help="in z units with z-scoring, else a probability (default: the release validation's)")
+    h.add_argument("--zscore", action=argparse.BooleanOptionalAction, default=None, help="per-slide z-scores")
+    h.add_argument("--min-size", type=int, default=None, help="drop components with fewer pixels")
+    h.add_argument("--fill-holes", action=argparse.BooleanOptionalAction, default=None, help="fill enclosed holes")
+    h.add_argument("--slide-pattern", default=None,
+                   help=r"regex on the file name giving its slide id (e.g. '^[^_]+' for BCSS); default one "
+                        "slide per image")
+    p.add_argument("overrides", nargs="*", help="clip.* / zeroshot.* overrides for prompted releases")
+    return p
+
+
+def _apply_overrides(release, overrides: list[str]) -> None:
+    from sam_histo.config import config_from_dict, parse_override, to_dict
+
+    tree = to_dict(release.config)
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.split(".")[0] not in ("clip", "zeroshot"):
+            raise ConfigError(f"override {key}: predict takes only clip.* and zeroshot.* (the rest is the release's)")
+        node = tree
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    release.config = config_from_dict(tree, " (predict overrides)")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from sam_histo.bundle import BundleError, load_release
+    from sam_histo.eval.files import write_json
+
+    args = build_parser().parse_intermixed_args(argv)
+    inputs = list_inputs(args.input, args.recursive)
+    try:
+        release = load_release(args.release, args.expected_digest)
+    except BundleError as e:
+        raise PredictError(str(e)) from None
+    if args.overrides:
+        _apply_overrides(release, args.overrides)
+    classes = release.classes
+    if args.heatmap_class is not None and args.heatmap_class not in classes.trained_names:
+        raise PredictError(f"--heatmap-class {args.heatmap_class!r} is not a class of this release "
+                           f"({', '.join(classes.trained_names)})")
+    if args.heatmap_class is not None:
+        heatmap_settings(release, args.heatmap_class, args)  # fail on a missing threshold before the long loop
+    prob_ids = classes.trained_ids
+    outputs = [Outputs(args.out, key, classes.names, overlay=args.overlay, rle=args.rle, probs=args.probs,
+                       heatmap_class=args.heatmap_class) for _, key in inputs]
+    prob_names = [classes.names[c] for c in prob_ids]
+    todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_names)]
+    predictor = make_predictor(release, args.overlap, args.batch_size) if todo else None
+    for f, o in tqdm(todo, desc="predict", unit="image"):
+        image = read_image(f, args.max_pixels)
+        label, probs = predictor(image)
+        write_outputs(o, image, label, probs, classes, prob_ids, f.name)
+    print(f"predict: {len(todo)} image(s) predicted, {len(inputs) - len(todo)} already done; outputs in {args.out}")
+    if args.heatmap_class:
+        rep = run_heatmaps(outputs, release, args.heatmap_class, args, args.out)
+        last = rep["steps"][-1]
+        print(f"heatmap {args.heatmap_class}: threshold {rep['threshold']:.4g} ({rep['units']}; from "
+              f"{rep['threshold_source']}), {100 * last['positive_fraction']:.2f} % positive after "
+              f"{last['step']}; {args.out / 'heatmaps'}, {args.out / 'heatmap.json'}")
+    write_json(args.out / "predict.json", {"release": str(release.path), "digest": release.digest,
+                                           "inputs": len(inputs)}, indent=1)
+    return 0
