@@ -1,6 +1,6 @@
 """Stand-ins for a SLURM cluster, written into a test's tmp folder and put first on PATH.
 
-- ``srun``: records its arguments, then runs the command once per node (SLURM_NNODES) in the background
+- ``srun``: records its arguments (and $SRUN_CPUS_PER_TASK), then runs the command once per node (SLURM_NNODES) in the background
   with SLURM_NODEID / SLURM_PROCID set, passing a SIGUSR1 it gets on to its tasks, as srun does.
 - ``scontrol``: records each call as one line; ``show hostnames`` prints $STUB_HOSTNAMES one per line.
 - ``accelerate``: records argv, cwd, some environment and whether SIGUSR1 is ignored in it; with
@@ -18,6 +18,7 @@ from pathlib import Path
 
 SRUN = r"""#!/bin/bash
 printf '%s\0' "$@" > "$STUB_LOG/srun.args"
+echo "${SRUN_CPUS_PER_TASK:-}" > "$STUB_LOG/srun.cpus"
 while [[ "${1:-}" == -* ]]; do shift; done
 pids=()
 for ((i = 0; i < SLURM_NNODES; i++)); do

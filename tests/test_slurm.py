@@ -93,13 +93,15 @@ def test_one_node_cpu_processes_and_errors(stubs):
 def test_multinode_launch_lines(stubs):
     bin_dir, log = stubs
     env = slurm_env(bin_dir, log, REPO, SLURM_NNODES=3, SLURM_JOB_NODELIST="gpu[07-09]", SLURM_GPUS_ON_NODE=4,
-                    STUB_HOSTNAMES="gpu07 gpu08 gpu09")
+                    STUB_HOSTNAMES="gpu07 gpu08 gpu09", SLURM_CPUS_PER_TASK=32, SRUN_ARGS="--exclusive --mpi=none")
     args = ["configs/lgg.yaml", "name=lgg run", "train.batch_size=8"]
     done = _run(MULTI_NODE, args, env)
     assert done.returncode == 0, done.stderr
     assert "show hostnames gpu[07-09]" in (log / "scontrol.log").read_text().splitlines()
     srun_args = (log / "srun.args").read_text().split("\0")[:-1]
-    assert srun_args[:3] == ["--nodes=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert srun_args[:6] == ["--nodes=3", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "--exclusive",
+                             "--mpi=none", "bash"]
+    assert (log / "srun.cpus").read_text().strip() == "32"  # the job's CPUs reach the step
     records = accelerate_records(log)
     assert sorted(records) == ["0", "1", "2"]  # one launcher per node
     for node, rec in records.items():
