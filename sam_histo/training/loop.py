@@ -80,6 +80,7 @@ class Run:
 
     def save(self) -> Path:
         self.state.sampler = self.data.sampler.state_dict(consumed=self.state.consumed)
+        self.state.optimizer_phase = self.phase
         return ck.save_checkpoint(self.accelerator, self.run_dir, self.model, self.optimizer,
                                   self.state.to_json(), keep=self.cfg.train.keep_checkpoints)
 
@@ -110,7 +111,8 @@ def train(cfg: Config, accelerator=None) -> dict:
               accelerator.is_main_process), Preemption(cfg.train.preempt_signals))
     run.enter_phase(state.epoch)
     if ckpt is not None:
-        ck.restore(accelerator, ckpt, model, run.optimizer)
+        same_phase = state.optimizer_phase is None or state.optimizer_phase == run.phase
+        ck.restore(accelerator, ckpt, model, run.optimizer if same_phase else None)
         data.sampler.load_state_dict(state.sampler)
         accelerator.print(f"resumed from {ckpt} (epoch {state.epoch}, step {state.step})")
     if cfg.train.log_with:

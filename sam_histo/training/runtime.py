@@ -85,6 +85,9 @@ class TrainState:
     nonfinite_total: int = 0
     nonfinite_run: int = 0
     sampler: dict = dataclasses.field(default_factory=dict)
+    # Unfreeze phase whose optimizer the checkpoint holds: an epoch-end checkpoint at a phase boundary
+    # resumes into the next phase, which starts with a fresh optimizer (as it does without a restart).
+    optimizer_phase: Optional[int] = None
     pending_skip: bool = False  # not saved: the current accumulation had a non-finite loss
 
     def to_json(self) -> dict:
