@@ -1,10 +1,16 @@
 """A minimal prompted overfit on the slices of an EM volume, for the learning tests (not the trainer).
 
-Each step draws ``batch`` slices that hold a vesicle, flips / rotates them with the project's EM pipeline,
-prompts every vesicle with one positive point (``make_prompts`` with instances) and adds ``n_background``
-positive clicks on background with an empty target: those get only the object-score loss, so the object
-score learns to say "nothing here" for a grid point that misses every vesicle, which the decoder then uses
-(``em.obj_score_thresh``). Loss: ``prompted_loss``; optimiser: AdamW.
+Each step draws ``batch`` slices that hold a vesicle (flipped / rotated by the project's EM pipeline with
+probability ``flips``; 0 by default: the learning test overfits the very volume it evaluates, and the tiny
+random-init model needs several times the steps to become equivariant), prompts every vesicle with one
+positive point (``make_prompts`` with instances) and adds ``n_background`` positive clicks on background with
+an empty target: those get only the object-score loss, so the object score learns to say "nothing here" for
+a grid point that misses every vesicle, which the decoder then uses (``em.obj_score_thresh``).
+
+Loss: ``prompted_loss`` with Dice-heavy weights; AdamW with warm-up and cosine decay (``training.optim.lr_at``),
+gradient clipping at 1. The image encoder stays frozen for the first ``frozen_encoder_steps`` steps: the decoder
+first learns to read the random features, then everything trains (as the config's staged phases do); without
+that the loss sat on a plateau for a seed-dependent few hundred steps.
 """
 from __future__ import annotations
 
@@ -35,12 +41,13 @@ def _with_background(p: Prompts, mask: np.ndarray, rng, n: int) -> Prompts:
 
 def overfit_prompted(model, volume: np.ndarray, labels: np.ndarray, steps: int, *, batch: int = 4,
                      lr: float = 1e-3, n_background: int = 4, seed: int = 0,
-                     multimask: bool = True, warmup: int = 50, frozen_encoder_steps: int = 0) -> list[float]:
+                     multimask: bool = True, warmup: int = 50, frozen_encoder_steps: int = 0,
+                     flips: float = 0.0) -> list[float]:
     """Train ``model`` (a SamHisto) in place for ``steps`` AdamW steps; returns the total loss per step.
     volume: (Z, H, W) uint8; labels: (Z, H, W) instance ids."""
     rng = np.random.default_rng(seed)
     size = volume.shape[1]
-    transform = build_train_transform(AugmentConfig(flip=0.5, rot90=0.5), StainConfig(), size, "em", seed=seed)
+    transform = build_train_transform(AugmentConfig(flip=flips, rot90=flips), StainConfig(), size, "em", seed=seed)
     prompt_cfg = PromptConfig(n_pos=1, n_neg=0, p_box=0.0, max_objects=16, min_area=4)
     slices = np.flatnonzero((labels > 0).reshape(len(labels), -1).any(1))
     params = [p for p in model.parameters() if p.requires_grad]
