@@ -12,7 +12,8 @@ from skimage.metrics import adapted_rand_error
 from sam_histo.config import ConfigError, DataConfig, EmConfig, EmSweepConfig, ModelConfig, load_config
 from sam_histo.data.synthetic import write_vesicle
 from sam_histo.data.vesicle import Vesicle
-from sam_histo.eval.em.infer import VIEWS, point_grid
+from sam_histo.eval.em.decode import Candidates, DecodeParams, decode
+from sam_histo.eval.em.infer import VIEWS, Bounds, _cut, bounds, point_grid
 from sam_histo.eval.instances import evaluate_volume, link, predict_volume, sweep_volume
 
 # Every pixel of a 48 x 48 slice is a grid point, so the oracle finds every cross-section, however small.
@@ -51,6 +52,29 @@ def test_views_move_points_with_the_image():
 def test_point_grid_is_cell_centres():
     g = point_grid(4, 8, 12)
     assert g.shape == (16, 2) and np.allclose(g[0], [1.5, 1.0]) and np.allclose(g[-1], [10.5, 7.0])
+
+
+def test_cutting_on_the_device_equals_cutting_in_numpy_and_bounds_lose_nothing():
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(5)
+    logits = np.stack([gaussian_filter(rng.normal(0, 1, (40, 48)), 3) * 40 for _ in range(16)]).astype(np.float32)
+    iou, obj = rng.uniform(0, 1, 16).astype(np.float32), np.ones(16, np.float32)
+    ref = Candidates.from_logits(logits, iou, obj, floor=-1.5)
+    got = _cut(torch.from_numpy(logits), torch.from_numpy(iou), torch.from_numpy(obj), Bounds(-1.5), (40, 48))
+    assert np.array_equal(got.boxes, ref.boxes) and np.array_equal(got.flat, ref.flat)
+    assert np.array_equal(got.offsets, ref.offsets) and np.array_equal(got.iou_pred, ref.iou_pred)
+    # Bounds of a sweep drop only candidates no setting keeps: the decoded maps are unchanged.
+    em = EmConfig(max_size=120, iou_thresh=0.3, stability_thresh=0.0, min_size=2,
+                  sweep=EmSweepConfig(mask_threshold=[-0.5, 0.5], iou_thresh=[0.4]))
+    b = bounds(em, sweep=True)
+    assert b == Bounds(-1.5, 0.3, 0.5, 120)
+    pruned = _cut(torch.from_numpy(logits), torch.from_numpy(iou), torch.from_numpy(obj), b, (40, 48))
+    assert len(pruned) < len(ref)
+    for t in (-0.5, 0.0, 0.5):
+        for iou_t in (0.3, 0.4):
+            p = DecodeParams.from_config(em, mask_threshold=t, iou_thresh=iou_t)
+            assert np.array_equal(decode(pruned, p)[0], decode(ref, p)[0])
 
 
 def test_perfect_labels_give_error_zero(truth, tmp_path):

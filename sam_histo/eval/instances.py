@@ -23,19 +23,11 @@ import numpy as np
 
 from sam_histo.data.types import ClassSpec
 from sam_histo.eval.em.decode import DecodeParams
-from sam_histo.eval.em.infer import loosest, volume_candidates
+from sam_histo.eval.em.infer import bounds, volume_candidates
 from sam_histo.eval.em.link import link_overlap
 from sam_histo.eval.em.sweep import SweepResult, decode_volume, run_sweep
 
 CLASSES = ClassSpec(("background", "vesicle"))
-
-
-def _floors(em, sweep: bool) -> tuple[float, float]:
-    """(logit floor, predicted-IoU floor) of the candidates to keep: the configured setting, and with
-    ``sweep`` the loosest of the grid too."""
-    thresholds = em.sweep.mask_threshold if sweep else []
-    ious = em.sweep.iou_thresh if sweep else []
-    return loosest(thresholds, em.mask_threshold, em.stability_offset), loosest(ious, em.iou_thresh)
 
 
 def link(volume: np.ndarray, slices: np.ndarray, scores: list, em, *, model=None, model_cfg=None,
@@ -63,8 +55,7 @@ def predict_volume(model, volume: np.ndarray, em, *, model_cfg=None, video_predi
     model: a SamHisto (prompted decoder); em: an EmConfig (``cfg.em``); model_cfg / video_predictor: for
     ``em.linker=video`` (see ``link``)."""
     volume = np.asarray(volume)
-    floor, iou_floor = _floors(em, sweep=False)
-    cands = volume_candidates(model, volume, em, floor, iou_floor, progress=progress)
+    cands = volume_candidates(model, volume, em, bounds(em), progress=progress)
     slices, scores = decode_volume(cands, DecodeParams.from_config(em))
     return link(volume, slices, scores, em, model=model, model_cfg=model_cfg, video_predictor=video_predictor,
                 progress=progress)
@@ -117,8 +108,7 @@ def sweep_volume(model, adapter, em, *, checkpoint: Optional[str] = None, progre
     """The decoding sweep (``em.sweep`` grid) on the adapter's split: the network once, every setting decoded
     from the cached candidates, linked by overlap and scored; ``result.best_setting`` has the lowest adapted
     Rand error. Write it with ``sam_histo.eval.em.sweep.write_sweep``."""
-    floor, iou_floor = _floors(em, sweep=True)
-    cands = volume_candidates(model, adapter.volume(), em, floor, iou_floor, progress=progress)
+    cands = volume_candidates(model, adapter.volume(), em, bounds(em, sweep=True), progress=progress)
     result = run_sweep(cands, adapter.label_volume(), em, progress=progress)
     result.split, result.checkpoint = adapter.split, checkpoint
     return result

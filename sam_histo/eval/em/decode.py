@@ -75,30 +75,34 @@ class Candidates:
         return self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(y1 - y0, x1 - x0)
 
     @classmethod
-    def from_logits(cls, logits: np.ndarray, iou_pred: np.ndarray, obj_score: np.ndarray, floor: float,
-                    origin: tuple[int, int] = (0, 0), shape=None) -> "Candidates":
-        """Candidates from full masks: logits (N, h, w) float, iou_pred (N,), obj_score (N,). Each keeps the
-        box where its logits exceed ``floor``; masks with no such pixel are dropped. ``origin`` places the
-        (h, w) maps inside a slice of ``shape`` (default (h, w))."""
+    def from_crops(cls, crops: list, boxes, iou_pred, obj_score, shape) -> "Candidates":
+        """Candidates from their logit crops (h_i, w_i), boxes (N, 4) (y0, x0, y1, x1) in a slice of ``shape``,
+        iou_pred (N,) and obj_score (N,)."""
+        sizes = [c.size for c in crops]
+        return cls(
+            shape=tuple(shape),
+            boxes=np.asarray(boxes, np.int64).reshape(-1, 4),
+            flat=np.concatenate([np.ravel(c) for c in crops]).astype(np.float32) if crops else np.zeros(0, np.float32),
+            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            iou_pred=np.asarray(iou_pred, np.float32).reshape(-1),
+            obj_score=np.asarray(obj_score, np.float32).reshape(-1),
+        )
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, iou_pred, obj_score, floor: float) -> "Candidates":
+        """Candidates from full masks: logits (N, H, W) float, iou_pred (N,), obj_score (N,). Each keeps the
+        box where its logits exceed ``floor``; masks with no such pixel are dropped."""
         logits = np.asarray(logits, np.float32)
         above = logits > floor
         rows, cols = above.any(2), above.any(1)
         keep = np.flatnonzero(rows.any(1))
-        boxes, parts = [], []
+        boxes, crops = [], []
         for i in keep:
             ys, xs = np.flatnonzero(rows[i]), np.flatnonzero(cols[i])
-            y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-            boxes.append((y0 + origin[0], x0 + origin[1], y1 + origin[0], x1 + origin[1]))
-            parts.append(logits[i, y0:y1, x0:x1].ravel())
-        sizes = [p.size for p in parts]
-        return cls(
-            shape=tuple(shape) if shape is not None else tuple(logits.shape[1:]),
-            boxes=np.asarray(boxes, np.int64).reshape(-1, 4),
-            flat=np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32),
-            offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            iou_pred=np.asarray(iou_pred, np.float32)[keep],
-            obj_score=np.asarray(obj_score, np.float32)[keep],
-        )
+            boxes.append((ys[0], xs[0], ys[-1] + 1, xs[-1] + 1))
+            crops.append(logits[i, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1])
+        return cls.from_crops(crops, np.reshape(boxes, (-1, 4)), np.asarray(iou_pred)[keep],
+                              np.asarray(obj_score)[keep], logits.shape[1:])
 
     @classmethod
     def concat(cls, parts: list["Candidates"], shape) -> "Candidates":

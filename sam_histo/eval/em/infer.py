@@ -15,7 +15,7 @@ places of the slice.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -90,12 +90,51 @@ def _view_outputs(model, rgb: np.ndarray, points: np.ndarray, view: View, multim
         yield view.back(out.logits.float()), out.iou_pred.float(), out.object_score[:, 0].float()
 
 
-def slice_candidates(model, image: np.ndarray, em, floor: float, iou_floor: float = 0.0) -> Candidates:
+class Bounds(NamedTuple):
+    """What a candidate must pass to be kept (so that no setting to be decoded could use the dropped ones).
+
+    floor: its logits must exceed this somewhere (the lowest mask threshold minus the stability offset; also
+    where its crop ends); iou_floor: its predicted IoU must exceed this (when > 0); ceiling, max_size: with
+    max_size > 0, its area at the highest mask threshold must not exceed max_size (areas only grow as the
+    threshold falls, so it is too large at every threshold)."""
+
+    floor: float
+    iou_floor: float = 0.0
+    ceiling: float = 0.0
+    max_size: int = 0
+
+
+def bounds(em, sweep: bool = False) -> Bounds:
+    """The Bounds of the configured decoding setting, and with ``sweep`` of every setting of ``em.sweep``."""
+    thresholds = [em.mask_threshold, *(em.sweep.mask_threshold if sweep else [])]
+    ious = [em.iou_thresh, *(em.sweep.iou_thresh if sweep else [])]
+    return Bounds(min(thresholds) - em.stability_offset, min(ious), max(thresholds), em.max_size)
+
+
+def _cut(logits: torch.Tensor, iou: torch.Tensor, obj: torch.Tensor, b: Bounds, shape) -> Candidates:
+    """Candidates from (N, H, W) logits on any device: boxes found there, only the crops copied to the CPU."""
+    above = logits > b.floor
+    rows, cols = above.any(2), above.any(1)
+    keep = rows.any(1)
+    if b.iou_floor > 0:
+        keep &= iou > b.iou_floor
+    if b.max_size > 0:
+        keep &= (logits > b.ceiling).flatten(1).sum(1) <= b.max_size
+    idx = torch.nonzero(keep).flatten()
+    h, w = logits.shape[-2:]
+    y0, x0 = rows[idx].float().argmax(1), cols[idx].float().argmax(1)
+    y1, x1 = h - rows[idx].flip(1).float().argmax(1), w - cols[idx].flip(1).float().argmax(1)
+    boxes = torch.stack([y0, x0, y1, x1], 1).long().cpu().numpy()
+    crops = [logits[i, a:c, l:r].cpu().numpy() for i, (a, l, c, r) in zip(idx.tolist(), boxes)]
+    return Candidates.from_crops(crops, boxes, iou[idx].cpu().numpy(), obj[idx].cpu().numpy(), shape)
+
+
+def slice_candidates(model, image: np.ndarray, em, b: Bounds) -> Candidates:
     """Candidate masks of one slice.
 
     image: (H, W) grey or (H, W, 3) RGB uint8. em: an EmConfig (points_per_side, points_per_batch, multimask,
-    obj_score_thresh, tta, tta_views). Candidates whose object score is not above ``em.obj_score_thresh``, whose
-    predicted IoU is not above ``iou_floor`` (when > 0) or whose logits never exceed ``floor`` are not kept.
+    obj_score_thresh, tta, tta_views). Kept: candidates whose object score exceeds ``em.obj_score_thresh`` and
+    that pass ``b`` (see Bounds).
     """
     rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
@@ -111,17 +150,13 @@ def slice_candidates(model, image: np.ndarray, em, floor: float, iou_floor: floa
         obj = sum(c[2] for c in chunks) / len(chunks)
         m = logits.shape[1]
         logits, iou, obj = logits.flatten(0, 1), iou.flatten(), obj.repeat_interleave(m)
-        keep = (obj > em.obj_score_thresh) & (logits > floor).flatten(1).any(1)
-        if iou_floor > 0:
-            keep &= iou > iou_floor
-        idx = torch.nonzero(keep).flatten()
-        parts.append(Candidates.from_logits(logits[idx].cpu().numpy(), iou[idx].cpu().numpy(),
-                                            obj[idx].cpu().numpy(), floor))
+        sure = obj > em.obj_score_thresh
+        parts.append(_cut(logits[sure], iou[sure], obj[sure], b, (h, w)))
     return Candidates.concat(parts, (h, w))
 
 
-def volume_candidates(model, volume: np.ndarray, em, floor: float, iou_floor: float = 0.0,
-                      progress: bool = True, desc: str = "slices") -> list[Candidates]:
+def volume_candidates(model, volume: np.ndarray, em, b: Bounds, progress: bool = True,
+                      desc: str = "slices") -> list[Candidates]:
     """``slice_candidates`` of every z-slice of a (Z, H, W) uint8 volume (the model in eval mode)."""
     from tqdm import tqdm
 
@@ -131,13 +166,7 @@ def volume_candidates(model, volume: np.ndarray, em, floor: float, iou_floor: fl
     was_training = model.training
     model.eval()
     try:
-        return [slice_candidates(model, volume[z], em, floor, iou_floor)
+        return [slice_candidates(model, volume[z], em, b)
                 for z in tqdm(range(volume.shape[0]), desc=desc, disable=not progress, leave=False)]
     finally:
         model.train(was_training)
-
-
-def loosest(values: Sequence[float], configured: float, offset: Optional[float] = None) -> float:
-    """The lowest of the sweep's values and the configured one, minus ``offset`` (the stability band)."""
-    low = min([configured, *values])
-    return low - offset if offset is not None else low
