@@ -61,6 +61,18 @@ def test_decode_suppresses_duplicates_and_parts_keeps_separate_objects():
     assert np.array_equal(labels == 1, a) and np.array_equal(labels == 2, b)
 
 
+def test_nms_threshold_suppresses_overlapping_masks_painting_alone_would_keep():
+    shape = (30, 40)
+    a, shifted = _disc(shape, 15, 12, 7), _disc(shape, 15, 18, 7)  # IoU about 0.3; most of `shifted` is free
+    inter = (a & shifted).sum()
+    assert 0.2 < inter / (a | shifted).sum() < 0.4 and inter / shifted.sum() < 0.5
+    c = _cands([np.where(a, 6.0, -6.0), np.where(shifted, 6.0, -6.0)], iou=np.array([0.9, 0.8]))
+    base = dict(iou_thresh=0, stability_thresh=0, min_size=1)
+    assert decode(c, DecodeParams(**base, nms_thresh=0.2))[0].max() == 1
+    loose = decode(c, DecodeParams(**base, nms_thresh=0.5))[0]
+    assert loose.max() == 2 and np.array_equal(loose == 2, shifted & ~a)
+
+
 def test_decode_thresholds_filter_as_named():
     shape = (30, 30)
     a = _disc(shape, 8, 8, 5)

@@ -324,7 +324,7 @@ class EmConfig:
     stability_thresh: float = 0.8  # IoU of the masks at mask_threshold +- stability_offset, at least this
     stability_offset: float = 1.0
     obj_score_thresh: float = 0.0  # object-score logit must exceed it (SAM2: > 0 = an object is there)
-    nms_thresh: float = 0.5  # a candidate whose mask IoU with a kept one exceeds this is suppressed
+    nms_thresh: float = 0.5  # mask IoU with a kept mask above this suppresses (acts below 0.5, decode.py)
     min_size: int = 15  # pixels of a slice instance (after overlaps are resolved)
     max_size: int = 0  # pixels; larger slice candidates are dropped (0: no limit)
     linker: Literal["overlap", "video"] = "overlap"

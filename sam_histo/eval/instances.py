@@ -55,6 +55,8 @@ def predict_volume(model, volume: np.ndarray, em, *, model_cfg=None, video_predi
     model: a SamHisto (prompted decoder); em: an EmConfig (``cfg.em``); model_cfg / video_predictor: for
     ``em.linker=video`` (see ``link``)."""
     volume = np.asarray(volume)
+    if volume.ndim != 3 or volume.shape[0] == 0:
+        raise ValueError(f"predict_volume needs a (Z, H, W) volume with at least one slice, got shape {volume.shape}")
     cands = volume_candidates(model, volume, em, bounds(em), progress=progress)
     slices, scores = decode_volume(cands, DecodeParams.from_config(em))
     return link(volume, slices, scores, em, model=model, model_cfg=model_cfg, video_predictor=video_predictor,

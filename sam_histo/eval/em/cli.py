@@ -66,7 +66,11 @@ def _adapter(cfg, split: str):
     if cfg.data.dataset != "vesicle":
         raise DataError(f"sam-histo em works on vesicle volumes; data.dataset is {cfg.data.dataset!r} "
                         "(use --config configs/vesicle.yaml)")
-    return Vesicle(cfg.data, split)
+    adapter = Vesicle(cfg.data, split)
+    if not len(adapter):
+        raise DataError(f"split {split} has no slices (data.val_fraction={cfg.data.val_fraction}, "
+                        f"data.test_fraction={cfg.data.test_fraction}): give --split all or a fraction above 0")
+    return adapter
 
 
 def write_labels(labels: np.ndarray, path: Path) -> Path:

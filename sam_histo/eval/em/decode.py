@@ -17,6 +17,9 @@ Decoding one setting (``DecodeParams``), in the order of SAM2's automatic mask g
 3. a survivor claims the pixels no kept mask holds; it is kept (painted) unless it would claim fewer than
    ``min_size`` pixels or less than ``MIN_FREE_SHARE`` of its area (it lies mostly inside kept masks: a part
    of an object already found, e.g. the smaller of the multimask outputs).
+
+Step 3 already drops any mask whose IoU with one kept mask exceeds 1/2 (it then lies more than half inside
+it), so ``nms_thresh`` acts below 0.5: lower values also suppress masks that overlap a kept one less.
 """
 from __future__ import annotations
 
