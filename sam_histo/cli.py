@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("sam_histo.models.info", "model information (stage table, trainable parameters)"),
     "stain": ("sam_histo.stain.cli", "stain normalisation of a folder of tiles"),
     "fetch-weights": ("sam_histo.models.fetch", "download and verify an upstream checkpoint"),
+    "em": ("sam_histo.eval.em.cli", "EM vesicles: 3-D instance prediction and the decoding threshold sweep"),
 }
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 
 from sam_histo.config.errors import ConfigError, nearest
-from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, HeatmapConfig, ZeroShotConfig
+from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, HeatmapConfig, ZeroShotConfig
+
+# Test-time views of the EM pipeline (sam_histo.eval.em.infer.VIEWS); the identity is always included.
+EM_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 
 def check_rules(cfg: Config) -> None:
@@ -58,6 +61,7 @@ def check_rules(cfg: Config) -> None:
     if not 0 <= cfg.eval.window_overlap < 1:
         raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
     _check_heatmap(cfg.heatmap, classes)
+    _check_em(cfg.em)
     if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.augment.macenko > 0
                                           or cfg.stain.method != "none"):
         raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, augment.macenko=0, "
@@ -156,3 +160,29 @@ def _check_train(t) -> None:
     if unknown:
         raise ConfigError(f"train.loss.weights has unknown key(s) {sorted(unknown)}; the keys are {list(LOSS_KEYS)}"
                           + nearest(sorted(unknown)[0], LOSS_KEYS))
+
+
+def _check_em(em: EmConfig) -> None:
+    for key in ("points_per_side", "points_per_batch"):
+        if getattr(em, key) < 1:
+            raise ConfigError(f"em.{key}={getattr(em, key)} must be >= 1")
+    for key in ("iou_thresh", "stability_thresh", "nms_thresh", "link_overlap", "merge_iou"):
+        if not 0.0 <= getattr(em, key) <= 1.0:
+            raise ConfigError(f"em.{key}={getattr(em, key)} must be in [0, 1]")
+    for key in ("stability_offset", "min_size", "max_size", "link_gap", "min_voxels"):
+        if getattr(em, key) < 0:
+            raise ConfigError(f"em.{key}={getattr(em, key)} must be >= 0")
+    if em.max_size and em.max_size < em.min_size:
+        raise ConfigError(f"em.max_size={em.max_size} is below em.min_size={em.min_size}: nothing could be kept "
+                          "(set em.max_size=0 for no upper limit)")
+    for view in em.tta_views:
+        if view not in EM_VIEWS:
+            raise ConfigError(f"em.tta_views: {view!r} is not one of {list(EM_VIEWS)}" + nearest(view, EM_VIEWS))
+    for key in ("mask_threshold", "iou_thresh", "stability_thresh", "min_size"):
+        values = getattr(em.sweep, key)
+        if not values:
+            raise ConfigError(f"em.sweep.{key} is empty: give at least one value (e.g. [{getattr(em, key)}])")
+        if key in ("iou_thresh", "stability_thresh") and not all(0.0 <= v <= 1.0 for v in values):
+            raise ConfigError(f"em.sweep.{key}={values}: every value must be in [0, 1]")
+        if key == "min_size" and min(values) < 0:
+            raise ConfigError(f"em.sweep.min_size={values}: sizes must be >= 0")

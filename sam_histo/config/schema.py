@@ -309,6 +309,52 @@ class HeatmapConfig:
 
 
 @dataclass
+class EmSweepConfig:
+    """The decoding grid ``sam-histo em sweep`` tries on the validation part (every combination)."""
+
+    mask_threshold: list[float] = field(default_factory=lambda: [-1.0, 0.0, 1.0])
+    iou_thresh: list[float] = field(default_factory=lambda: [0.0, 0.5, 0.7])
+    stability_thresh: list[float] = field(default_factory=lambda: [0.0, 0.7, 0.85])
+    min_size: list[int] = field(default_factory=lambda: [5, 15, 30])
+
+
+@dataclass
+class EmConfig:
+    """EM vesicle instances in 3-D (sam_histo.eval.instances, sam_histo.eval.em).
+
+    Each z-slice: a grid of ``points_per_side``^2 single-point prompts through the prompted decoder (optionally
+    averaged over flip / rot90 views, ``tta``), candidates filtered by predicted IoU, stability and object
+    score, mask-IoU non-maximum suppression, then a 2-D instance map (slice pixels below ``min_size`` are
+    dropped). 3-D: ``overlap`` links instances of neighbouring slices whose overlap reaches ``link_overlap``;
+    ``video`` propagates each instance not yet covered by a track (IoU below ``merge_iou`` on its slice) through z
+    with SAM2's video predictor and merges tracks whose 3-D IoU reaches ``merge_iou``. Overlap =
+    |A & B| / min(|A|, |B|): the small end cap of a vesicle joins the slice next to it, which its IoU with that
+    slice would not; the video linker uses IoU, so a track that swells over a neighbour does not swallow it. Thresholds on logits (``mask_threshold``, ``obj_score_thresh``) are in
+    logit units; the others in [0, 1].
+    """
+
+    points_per_side: int = 32
+    points_per_batch: int = 64  # prompts per decoder call (memory: batch x 3 x H x W floats)
+    multimask: bool = True  # three candidates per point (as SAM2's automatic generator), else one
+    mask_threshold: float = 0.0
+    iou_thresh: float = 0.5  # predicted IoU must exceed it
+    stability_thresh: float = 0.8  # IoU of the masks at mask_threshold +- stability_offset, at least this
+    stability_offset: float = 1.0
+    obj_score_thresh: float = 0.0  # object-score logit must exceed it (SAM2: > 0 = an object is there)
+    nms_thresh: float = 0.5  # mask IoU with a kept mask above this suppresses (acts below 0.5, decode.py)
+    min_size: int = 15  # pixels of a slice instance (after overlaps are resolved)
+    max_size: int = 0  # pixels; larger slice candidates are dropped (0: no limit)
+    linker: Literal["overlap", "video"] = "overlap"
+    link_overlap: float = 0.5
+    merge_iou: float = 0.5  # video linker
+    link_gap: int = 1  # overlap linker: slices an object may be missing from between two links
+    min_voxels: int = 0  # 3-D objects with fewer voxels are dropped
+    tta: bool = False
+    tta_views: list[str] = field(default_factory=lambda: ["hflip", "vflip", "rot90"])
+    sweep: EmSweepConfig = field(default_factory=EmSweepConfig)
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -324,6 +370,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     heatmap: HeatmapConfig = field(default_factory=HeatmapConfig)
+    em: EmConfig = field(default_factory=EmConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -20,7 +20,7 @@ PER_CLASS_KEYS = ("dice", "iou", "precision", "recall", "f1", "support_pixels", 
 EXTRA_KEYS = (
     "split", "checkpoint", "n_images", "n_pixels", "macro_over", "absent_classes", "absent_but_predicted",
     "images_predicted", "frequency_weighted", "image_level", "confusion_patterns", "averaging",
-    "duplicates_dropped", "zeroshot", "clip_accuracy", "heatmap",
+    "duplicates_dropped", "zeroshot", "clip_accuracy", "heatmap", "em",
 )
 
 AVERAGING = {
