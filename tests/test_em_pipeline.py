@@ -240,4 +240,4 @@ def test_em_command_errors(tmp_path, capsys):
     (tmp_path / "ck").mkdir()
     rc = main(["em", "sweep", "--config", "configs/vesicle.yaml", "--checkpoint", str(tmp_path / "ck"),
                "--out", str(tmp_path), "model.arch=tiny", "model.image_size=32"])
-    assert rc == 2 and "a folder without model.safetensors" in capsys.readouterr().err
+    assert rc == 2 and "a folder without weights" in capsys.readouterr().err

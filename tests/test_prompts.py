@@ -80,3 +80,21 @@ def test_instances_give_one_object_each_and_min_area_filters():
     np.testing.assert_array_equal(p.targets[1], inst == 2)
     empty = make_prompts(np.zeros((8, 8), int), spec, PromptConfig(), prompt_rng(0, 0))
     assert len(empty) == 0 and empty.targets.shape == (0, 8, 8) and empty.points.shape == (0, 1, 2)
+
+
+def test_background_clicks_have_empty_targets_and_land_on_background():
+    rng = np.random.default_rng(3)
+    instances = np.zeros((40, 40), np.int64)
+    instances[5:12, 5:12], instances[20:30, 22:33] = 1, 2
+    classes = ClassSpec(("background", "vesicle"))
+    cfg = PromptConfig(n_pos=1, n_neg=1, p_box=0.0, min_area=4, n_background=5)
+    p = make_prompts((instances > 0).astype(np.int64), classes, cfg, rng, instances=instances)
+    assert len(p) == 2 + 5
+    bg = slice(2, None)
+    assert not p.targets[bg].any() and (p.class_ids[bg] == 0).all() and not p.has_box[bg].any()
+    assert (p.point_labels[bg, 0] == 1).all() and (p.point_labels[bg, 1:] == -1).all()  # one click + padding
+    for x, y in p.points[bg, 0].astype(int):
+        assert instances[y, x] == 0
+    # a data set whose every class is prompted (BCSS: no background class) gets no background clicks
+    q = make_prompts(random_mask(0), SPEC, PromptConfig(exclude=[], n_background=3, min_area=5), prompt_rng(0, 0))
+    assert (q.point_labels == 1).sum() == len(q) and q.targets.reshape(len(q), -1).any(1).all()

@@ -12,7 +12,8 @@ from clip_fakes import ColourClip
 from sam_histo.config import PROJECT_ROOT, ClipConfig, Config, ModelConfig
 from sam_histo.data.types import ClassSpec, Sample
 from sam_histo.eval.clip_classify import ClipHead, MaskClassifier
-from sam_histo.eval.zeroshot import ZeroShotError, checkpoint_file, load_sam, run_zeroshot
+from sam_histo.eval.zeroshot import ZeroShotError, load_sam, run_zeroshot
+from sam_histo.models.load import resolve_model_file
 
 SPEC = ClassSpec(("outside", "a", "b", "c", "d"), ignore_index=0)
 # a red, b green, c blue, d navy: the hand-made head below sends navy to c, so d is never predicted.
@@ -161,11 +162,11 @@ def test_load_sam_reads_a_run_checkpoint(tmp_path):
     cfg = ModelConfig(arch="tiny", image_size=64)
     saved = _save_run_checkpoint(tmp_path / "run" / "checkpoints" / "best", cfg, seed=3)
     for where in (tmp_path / "run", tmp_path / "run" / "checkpoints" / "best"):
-        assert checkpoint_file(where) == tmp_path / "run" / "checkpoints" / "best" / "model.safetensors"
+        assert resolve_model_file(where) == tmp_path / "run" / "checkpoints" / "best" / "model.safetensors"
         loaded = load_sam(cfg, where).sam.state_dict()
         assert all(torch.equal(v, loaded[k]) for k, v in saved.sam.state_dict().items())
     with pytest.raises(FileNotFoundError, match="model.checkpoint"):
-        checkpoint_file(tmp_path / "nowhere")
+        resolve_model_file(tmp_path / "nowhere")
 
 
 def test_cli_on_demo_data_writes_metrics_report_and_predictions(bcss_root, tmp_path):

@@ -76,6 +76,10 @@ class PromptConfig:
     max_objects: int = 16  # per image and step
     min_area: int = 16  # components smaller than this get no prompt
     exclude: list[str] = field(default_factory=lambda: ["background"])  # classes that get no prompts
+    # Training only: this many extra positive clicks per image on pixels of the excluded classes (or, with
+    # instances, on no instance), each with an empty target. They get only the object-score loss, which
+    # learns to say "nothing here" for a click that misses every object (the EM grid decoding uses it).
+    n_background: int = 0
 
 
 @dataclass

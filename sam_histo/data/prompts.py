@@ -90,7 +90,8 @@ def _box(rng, obj: np.ndarray, noise: float) -> np.ndarray:
 
 def make_prompts(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Generator,
                  instances: Optional[np.ndarray] = None) -> Prompts:
-    """Prompts for up to ``cfg.max_objects`` objects of one image. ``cfg`` is a PromptConfig.
+    """Prompts for up to ``cfg.max_objects`` objects of one image, plus ``cfg.n_background`` background
+    clicks with empty targets. ``cfg`` is a PromptConfig.
 
     mask: (H, W) int class ids; instances: optional (H, W) int instance ids. Points are integer pixel
     coordinates (x, y), so ``mask[y, x]`` is the pixel a point names. See ``Prompts`` for the shapes.
@@ -102,10 +103,6 @@ def make_prompts(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Gener
         objects = [objects[i] for i in keep]
     h, w = mask.shape
     p = cfg.n_pos + cfg.n_neg
-    if not objects:
-        return Prompts(points=np.zeros((0, p, 2), np.float32), point_labels=np.zeros((0, p), np.int32),
-                       boxes=np.zeros((0, 4), np.float32), has_box=np.zeros(0, bool),
-                       class_ids=np.zeros(0, np.int64), targets=np.zeros((0, h, w), bool))
     valid = mask != classes.ignore_index if classes.ignore_index is not None else np.ones((h, w), bool)
     points, labels, boxes = [], [], []
     targets = [_as_mask(coords, (h, w)) for _, coords in objects]
@@ -114,7 +111,36 @@ def make_prompts(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Gener
         points.append(pts)
         labels.append(lab)
         boxes.append(_box(rng, obj, cfg.box_noise))
-    return Prompts(points=np.stack(points), point_labels=np.stack(labels), boxes=np.stack(boxes),
-                   has_box=rng.random(len(objects)) < cfg.p_box,
-                   class_ids=np.array([c for c, _ in objects], np.int64),
-                   targets=np.stack(targets))
+    out = Prompts(points=np.stack(points) if points else np.zeros((0, p, 2), np.float32),
+                  point_labels=np.stack(labels) if labels else np.zeros((0, p), np.int32),
+                  boxes=np.stack(boxes) if boxes else np.zeros((0, 4), np.float32),
+                  has_box=rng.random(len(objects)) < cfg.p_box,
+                  class_ids=np.array([c for c, _ in objects], np.int64),
+                  targets=np.stack(targets) if targets else np.zeros((0, h, w), bool))
+    n_bg = getattr(cfg, "n_background", 0)
+    return _add_background_clicks(out, mask, classes, cfg.exclude, valid, instances, rng, n_bg) if n_bg else out
+
+
+def _add_background_clicks(p: Prompts, mask, classes: ClassSpec, exclude, valid, instances, rng, n: int) -> Prompts:
+    """``n`` extra objects, each one positive click on background (an excluded class, or no instance) with
+    an empty target; the other point slots are padding (label -1). Nothing is added without background."""
+    excluded = [classes.id_of(c) for c in exclude if c in classes.names]
+    if instances is not None:
+        background = (np.asarray(instances) == 0) & valid
+    else:
+        background = np.isin(mask, excluded) & valid
+    ys, xs = np.nonzero(background)
+    if not len(ys) or not excluded:
+        return p
+    pick = rng.integers(0, len(ys), n)
+    slots = p.points.shape[1]
+    pts = np.zeros((n, slots, 2), np.float32)
+    pts[:, 0] = np.stack([xs[pick], ys[pick]], 1)
+    lab = np.full((n, slots), -1, np.int32)
+    lab[:, 0] = 1
+    h, w = mask.shape
+    return Prompts(points=np.concatenate([p.points, pts]), point_labels=np.concatenate([p.point_labels, lab]),
+                   boxes=np.concatenate([p.boxes, np.zeros((n, 4), np.float32)]),
+                   has_box=np.concatenate([p.has_box, np.zeros(n, bool)]),
+                   class_ids=np.concatenate([p.class_ids, np.full(n, excluded[0], np.int64)]),
+                   targets=np.concatenate([p.targets, np.zeros((n, h, w), bool)]))

@@ -42,8 +42,8 @@ class SplitPredictor:
         self.classes: ClassSpec = adapter.classes
         self.mode = cfg.model.mode
         self.eval_cfg = cfg.eval
-        # Validation prompts every object (up to eval.max_objects) with no box noise drop-out.
-        self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects)
+        # Validation prompts every object (up to eval.max_objects) and adds no background clicks.
+        self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
         self.transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
         self.unassigned = unassigned_id(self.classes, cfg.zeroshot.unassigned)
 

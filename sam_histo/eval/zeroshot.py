@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from sam_histo.config import ConfigError
+from sam_histo.models.load import resolve_model_file
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,6 @@ class ZeroShotError(ConfigError):
 
 
 # ------------------------------------------------------------------------------------------ models
-def checkpoint_file(path: str | Path) -> Path:
-    """A SAM2 weights file from ``--checkpoint``: a .pt/.safetensors file, a checkpoint folder holding
-    ``model.safetensors`` (training/checkpoint.py), or a run folder (its ``checkpoints/best``)."""
-    p = Path(path).expanduser()
-    for candidate in (p, p / "model.safetensors", p / "checkpoints" / "best" / "model.safetensors"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"--checkpoint {path}: no weights there; give a .pt/.safetensors file, a checkpoint "
-                            "folder with model.safetensors (RUN/checkpoints/best or RUN/checkpoints/step_*) or a run "
-                            "folder; official SAM2.1 weights go in model.checkpoint instead")
-
-
 def load_sam(model_cfg, checkpoint: str | Path | None = None):
     """A SamHisto for automatic masks: built from ``model_cfg`` (which may load ``model.checkpoint``, e.g. an
     official SAM2.1 .pt), then, with ``checkpoint``, the SAM2 part of a run checkpoint loaded into it.
@@ -55,7 +44,7 @@ def load_sam(model_cfg, checkpoint: str | Path | None = None):
 
     if checkpoint is None:
         return build_sam(model_cfg).eval()
-    path = checkpoint_file(checkpoint)
+    path = resolve_model_file(checkpoint)
     model = build_sam(dataclasses.replace(model_cfg, checkpoint=None))
     load_into(model.sam, unwrap_sam(read_state_dict(path)), strict=model_cfg.strict, source=f"--checkpoint {path}")
     return model.eval()
@@ -63,7 +52,7 @@ def load_sam(model_cfg, checkpoint: str | Path | None = None):
 
 def sam_description(model_cfg, checkpoint: str | Path | None) -> str:
     if checkpoint is not None:
-        return str(checkpoint_file(checkpoint))
+        return str(resolve_model_file(checkpoint))
     return str(model_cfg.checkpoint) if model_cfg.checkpoint else "random init (no model.checkpoint)"
 
 

@@ -39,8 +39,11 @@ def resolve_model_file(path: str | Path, which: str = "best") -> Path:
         if steps:
             return steps[-1] / WEIGHTS
         raise MissingWeightsError(f"{root} holds no complete checkpoint (no {WEIGHTS} in best/ or step_*/)")
+    what = "a folder without" if p.is_dir() else "no file or folder"
     raise MissingWeightsError(
-        f"{p} is neither a weights file, a checkpoint folder with {WEIGHTS}, nor a run folder with {CKPT_DIR}/"
+        f"{p}: {what} weights. Give a .pt/.safetensors file, a checkpoint folder with {WEIGHTS} "
+        f"(RUN/{CKPT_DIR}/best or RUN/{CKPT_DIR}/step_*) or a run folder; official SAM2.1 weights go in "
+        "model.checkpoint instead"
     )
 
 

@@ -39,23 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _checkpoint(path: Optional[str]) -> Optional[str]:
-    if path and Path(path).is_dir():
-        weights = Path(path) / "model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"--checkpoint {path}: a folder without model.safetensors; give the weights "
-                                    "file or a checkpoint folder the trainer wrote")
-        return str(weights)
-    return path
-
-
 def _load(args):
     from sam_histo.config import load_config
+    from sam_histo.models.load import resolve_model_file
     from sam_histo.models.sam import build_sam
 
     cfg = load_config(args.config, args.overrides)
     if args.checkpoint:
-        cfg.model = dataclasses.replace(cfg.model, checkpoint=_checkpoint(args.checkpoint))
+        cfg.model = dataclasses.replace(cfg.model, checkpoint=str(resolve_model_file(args.checkpoint)))
     return cfg, build_sam(cfg.model)
 
 
