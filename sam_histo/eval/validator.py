@@ -136,12 +136,57 @@ def heatmap_collector(cfg: Config, classes: ClassSpec):
     return HeatmapCollector(cfg.heatmap, classes)
 
 
+def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
+                    checkpoint: Optional[str] = None, progress: bool = True) -> dict:
+    """3-D instance metrics of a vesicle split (``eval.instances``): the split's volume decoded into
+    instances (``cfg.em``) and scored with adapted Rand error, Rand precision / recall and matched F1."""
+    from sam_histo.data.dataset import build_dataset
+    from sam_histo.eval.instances import evaluate_volume
+    from sam_histo.eval.report import write_report
+
+    adapter = build_dataset(cfg.data, split)
+    if len(adapter) == 0:
+        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+    metrics = evaluate_volume(model, adapter, cfg.em, model_cfg=cfg.model, checkpoint=checkpoint, progress=progress)
+    if out_dir is not None:
+        write_report(metrics, out_dir, adapter.classes)
+    return metrics
+
+
+def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
+                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True) -> dict:
+    """The final evaluation of a split: ``validate`` (2-D, per class), or for vesicle volumes with
+    ``eval.instances`` the 3-D instance evaluation, run on the main process and shared with the others."""
+    if not (cfg.data.dataset == "vesicle" and cfg.eval.instances):
+        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress)
+    if accelerator is None or accelerator.num_processes == 1:
+        return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
+    from accelerate.utils import broadcast_object_list
+
+    box = [None]
+    if accelerator.is_main_process:
+        try:
+            box = [validate_volume(model, cfg, split, out_dir, checkpoint, progress)]
+        except ValueError as e:
+            box = [str(e)]
+    box = broadcast_object_list(box)
+    if isinstance(box[0], str):
+        raise ValueError(box[0])
+    return box[0]
+
+
 def headline(metrics: dict) -> str:
     """One line: macro Dice / IoU over the classes present, and each class's Dice."""
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     per = ", ".join(f"{k} {fmt(v['dice'])}" for k, v in metrics["per_class"].items())
-    return (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} "
+    line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} "
             f"IoU {fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
+    inst = metrics.get("instances")
+    if inst:
+        line += (f" | instances: adapted Rand error {fmt(inst['adapted_rand_error'])} (precision "
+                 f"{fmt(inst['precision'])}, recall {fmt(inst['recall'])}), F1@0.5 {fmt(inst['f1_at_0.5'])}, "
+                 f"{inst['n_pred']} predicted / {inst['n_gt']} true")
+    return line
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -161,7 +206,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     classes = class_spec(cfg.data)
     weights = resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    metrics = validate(model, cfg, split, args.out, checkpoint=str(weights))
+    metrics = validate_split(model, cfg, split, args.out, checkpoint=str(weights))
     print(headline(metrics))
     if "heatmap" in metrics:
         h = metrics["heatmap"]

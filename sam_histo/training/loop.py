@@ -265,14 +265,14 @@ def finish(run: Run, status: str) -> dict:
     if status == "preempted":
         acc.end_training()
         return result
-    from sam_histo.eval.validator import headline, validate
+    from sam_histo.eval.validator import headline, validate_split
 
     best = run.run_dir / ck.CKPT_DIR / "best"
     if (best / "model.safetensors").exists():
         ck.load_model_weights(run.model, best)
     for split in ("val", "test"):
         try:
-            metrics = validate(run.model, cfg, split, out_dir=run.run_dir / "eval" / split,
+            metrics = validate_split(run.model, cfg, split, out_dir=run.run_dir / "eval" / split,
                                checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
                                progress=acc.is_local_main_process)
         except ValueError:
