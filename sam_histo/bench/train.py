@@ -27,6 +27,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--mode", default="semantic", choices=["semantic", "prompted"])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per setting (best kept)")
+    parser.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"],
+                        help="train.mixed_precision of our step (the bare loop runs in float32)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a "
                         "shared CPU)")
 
@@ -37,7 +39,7 @@ def _config(args, root: Path, run: Path):
     return load_config("demo", [
         f"data.root={root}", f"model.arch={args.arch}", f"model.image_size={args.size}", f"model.mode={args.mode}",
         f"data.tile_size={2 * args.size}", f"data.tile_stride={2 * args.size}", "data.val_fraction=0",
-        f"train.batch_size={args.batch}", "train.num_workers=0", "train.log_with=[]", f"output_dir={run}",
+        f"train.batch_size={args.batch}", f"train.mixed_precision={args.precision}", "train.num_workers=0", "train.log_with=[]", f"output_dir={run}",
         "name=bench", "train.phases=[{start_epoch: 0, stages: none, lr: 1.0e-4}]", "train.epochs=1"])
 
 
@@ -102,7 +104,7 @@ def run(args) -> dict:
     data = build_data(base, base.run_dir, 0, 1, progress=False)
     batches = [b for _, b in zip(range(args.steps + 1), data.loader)]
     template = build_model(base, data.classes).to(acc.device)
-    timings = {}
+    timings, peak = {}, {}
     for name, stages in PHASES.items():
         cfg = replace(base, train=replace(base.train, phases=[PhaseConfig(stages=stages, lr=1e-4)]))
         ours_model, bare_model = copy.deepcopy(template), copy.deepcopy(template)
@@ -113,8 +115,13 @@ def run(args) -> dict:
         best = {k: float("inf") for k in sides}
         for i, batch in enumerate(batches):
             for side, step in sides.items():
+                if torch.cuda.is_available():
+                    torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
                 step(batch)
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                    peak[(name, side)] = max(peak.get((name, side), 0), torch.cuda.max_memory_allocated() / 2**20)
                 if i:  # the first round is a warm-up
                     best[side] = min(best[side], time.perf_counter() - t0)
         timings[name] = best
@@ -126,4 +133,5 @@ def run(args) -> dict:
                   "same model and batches on both sides", arch=args.arch, size=args.size, batch=args.batch,
                   mode=args.mode, per_phase_s={k: {s: round(v, 4) for s, v in t.items()} for k, t in timings.items()},
                   overhead={k: round(t["ours"] / t["bare"] - 1, 3) for k, t in timings.items()},
-                  loader_batches_per_s=loader, step_batches_per_s_all_stages=steps_per_s)
+                  loader_batches_per_s=loader, step_batches_per_s_all_stages=steps_per_s, precision=args.precision,
+                  cuda_peak_mb={f"{k[0]}/{k[1]}": round(v, 1) for k, v in peak.items()} or None)
