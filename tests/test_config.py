@@ -79,3 +79,11 @@ def test_exponent_without_dot_is_a_number():
     assert cfg.train.phases[0].lr == 3e-4 and cfg.train.phases[0].min_lr == 1e-6
     with pytest.raises(ConfigError, match="expected a number, got '3e-x'"):
         load_config(None, ["train.phases=[{start_epoch: 0, lr: 3e-x}]"])
+
+
+def test_yaml_boolean_words_keep_their_word_in_a_choice():
+    # PyYAML reads "no" as False; train.mixed_precision=no must still mean the option "no"
+    cfg = load_config(None, ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.mixed_precision: True is not one of"):
+        load_config(None, ["train.mixed_precision=yes"])

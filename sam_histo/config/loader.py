@@ -52,6 +52,10 @@ def _coerce(value: Any, tp, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"{key}: {value!r} matches none of {[_type_name(a) for a in args]}")
     if origin is Literal:
+        if isinstance(value, bool) and value not in args:
+            # YAML 1.1 reads no / off / yes / on as booleans: give a word option its word back
+            words = ("true", "yes", "on") if value else ("false", "no", "off")
+            value = next((a for a in args if isinstance(a, str) and a.lower() in words), value)
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {list(args)}" + nearest(str(value), map(str, args)))
         return value
