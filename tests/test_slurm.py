@@ -180,7 +180,9 @@ def test_one_node_two_cpu_processes_preempted_requeued_and_resumed(tmp_path, tin
     steps_per_epoch, epochs = 8, 2  # 16 samples per epoch over 2 processes, batch 1
     args = ["configs/demo.yaml", f"data.root={tiny_bcss}", f"output_dir={out}", "name=demo", "model.image_size=64",
             "data.tile_size=64", "data.tile_stride=64", "sampling.iter_per_epoch=16", "train.batch_size=1",
-            "train.num_workers=0", "train.log_with=[]", "train.log_every=1", f"train.epochs={epochs}"]
+            "train.num_workers=0", "train.log_with=[]", "train.log_every=1", f"train.epochs={epochs}",
+            "train.phases=[{start_epoch: 0, stages: none, lr: 1.0e-3, warmup_steps: 2, min_lr: 1.0e-5}, "
+            "{start_epoch: 1, stages: all, lr: 1.0e-4, min_lr: 1.0e-6}]"]
     env = slurm_env(bin_dir, log, REPO, CPU_PROCS=2, OMP_NUM_THREADS=1, MASTER_PORT=_free_port())
 
     first = subprocess.Popen(["bash", str(ONE_NODE), *args], env=env, stdout=subprocess.PIPE,

@@ -29,10 +29,15 @@ def tiny_bcss(tmp_path_factory):
     return write_bcss(tmp_path_factory.mktemp("bcss_ddp"), n=4, seed=0, size=128)
 
 
+# Frozen encoder in epoch 0, every Hiera stage from epoch 1: an unfreeze boundary after the first epoch.
+TWO_PHASES = ("train.phases=[{start_epoch: 0, stages: none, lr: 1.0e-3, warmup_steps: 2, min_lr: 1.0e-5}, "
+              "{start_epoch: 1, stages: all, lr: 1.0e-4, min_lr: 1.0e-6}]")
+
+
 def _overrides(data_root, out, name, iter_per_epoch):
     return [f"data.root={data_root}", f"output_dir={out}", f"name={name}", "model.image_size=64",
             "data.tile_size=64", "data.tile_stride=64", f"sampling.iter_per_epoch={iter_per_epoch}",
-            "train.batch_size=1", "train.num_workers=0", "train.log_with=[]"]
+            "train.batch_size=1", "train.num_workers=0", "train.log_with=[]", "train.epochs=2", TWO_PHASES]
 
 
 def _free_port() -> int:
@@ -46,7 +51,7 @@ def test_two_processes_stay_identical_across_an_unfreeze_boundary(tmp_path, tiny
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_"))}
     env.update(ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p))
-    # configs/demo.yaml: phase 0 from epoch 0 with stages none, phase 1 from epoch 1 with stages all.
+    # TWO_PHASES: phase 0 from epoch 0 with stages none, phase 1 from epoch 1 with stages all.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(REPO / "tests" / "ddp_param_driver.py"), str(out),
