@@ -42,21 +42,21 @@ def machine() -> str:
     return "; ".join(parts)
 
 
+def seconds_per_call(fn, min_time: float = 0.0) -> float:
+    """Seconds per call of ``fn()``, calling it until at least ``min_time`` has passed (once at least)."""
+    t0, calls = time.perf_counter(), 0
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time:
+            return elapsed / calls
+
+
 def timeit(fn, *, repeat: int = 3, min_time: float = 0.0) -> float:
     """Best-of-``repeat`` wall time of ``fn()`` in seconds (after one warm-up call)."""
     fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        n = 0
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_time:
-                break
-        best = min(best, elapsed / n)
-    return best
+    return min(seconds_per_call(fn, min_time) for _ in range(repeat))
 
 
 def result(name: str, ours_per_s: float, peer: str, peer_per_s: float, agreement, **extra) -> dict:

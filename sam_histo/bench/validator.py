@@ -9,12 +9,11 @@ validation. Ours checks its input (ids in range) on every call; torchmetrics wit
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
 
-from sam_histo.bench import result
+from sam_histo.bench import result, seconds_per_call
 from sam_histo.eval.metrics import ConfusionMatrix
 
 PEER = "torchmetrics validate_args=False"
@@ -96,14 +95,7 @@ def _interleaved_best(fns: dict, repeat: int, min_time: float = 0.02) -> dict:
     best = {name: float("inf") for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():
-            calls, t0 = 0, time.perf_counter()
-            while True:
-                fn()
-                calls += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_time:
-                    break
-            best[name] = min(best[name], elapsed / calls)
+            best[name] = min(best[name], seconds_per_call(fn, min_time))
     return best
 
 
