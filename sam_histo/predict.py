@@ -164,7 +164,7 @@ def slide_id(key: str, pattern: Optional[str]) -> str:
 
 
 def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Path) -> dict:
-    from sam_histo.eval.files import write_json
+    from sam_histo.files import write_json
     from sam_histo.eval.heatmap import run_heatmap
     from sam_histo.eval.overlay import save_png
 
@@ -229,7 +229,7 @@ def _apply_overrides(release, overrides: list[str]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     from sam_histo.bundle import BundleError, load_release
-    from sam_histo.eval.files import write_json
+    from sam_histo.files import write_json
 
     args = build_parser().parse_intermixed_args(argv)
     inputs = list_inputs(args.input, args.recursive)

@@ -137,7 +137,7 @@ class Outputs:
 
 
 def save_npy(path: Path, array: np.ndarray) -> Path:
-    from sam_histo.eval.files import atomic_path
+    from sam_histo.files import atomic_path
 
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:

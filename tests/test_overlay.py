@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sam_histo.eval.files import atomic_path
+from sam_histo.files import atomic_path
 from sam_histo.eval.overlay import overlay, save_png
 
 COLORS = [(0, 0, 0), (200, 0, 0), (0, 100, 250)]

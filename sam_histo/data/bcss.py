@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from sam_histo.data.base import (Adapter, Problems, cache_root, check_root, chec
                                  list_images, log, read_codes, read_rgb)
 from sam_histo.data.splits import split_by_slide
 from sam_histo.data.types import ClassSpec, DataError, Sample
+from sam_histo.files import write_json
 
 CODES_FILE = "gtruth_codes.tsv"
 # The 21 BCSS region codes plus 0, as in meta/gtruth_codes.tsv of github.com/PathologyDataScience/BCSS.
@@ -275,6 +275,4 @@ def _read_json(path) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # several processes may index at once
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    write_json(path, obj)  # atomic: several processes may index at once

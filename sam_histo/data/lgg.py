@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from sam_histo.data.base import (Adapter, Problems, cache_root, check_root, chec
                                  list_images, log, read_codes, read_rgb)
 from sam_histo.data.splits import split_by_slide
 from sam_histo.data.types import ClassSpec, DataError, Sample
+from sam_histo.files import atomic_path, write_json
 
 NAMES = ("background", "CT", "LE", "IT")
 CROP = re.compile(r"^(?P<slide>[^_]+)_(?P<n>\d+)_(?P<cls>CT|LE|IT)(?P<k>\d+)_preprocessed$")
@@ -129,9 +129,7 @@ class LGG(Adapter):
                 records.append(rec)
                 made += rec.pop("made")
         if made:
-            tmp = manifest_path.with_suffix(f".{os.getpid()}.tmp")  # several processes may index at once
-            tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
-            tmp.replace(manifest_path)
+            write_json(manifest_path, manifest, indent=1, sort_keys=True)  # several processes may index at once
             log.info("generated %d tissue-aware LGG crop masks in %s", made, folder)
         return records
 
@@ -183,6 +181,5 @@ class LGG(Adapter):
 def _write_png(path: Path, arr: np.ndarray) -> None:
     from PIL import Image
 
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-    Image.fromarray(arr).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_histo.files import atomic_path
 from sam_histo.eval.mask_crops import as_mask_stack, mask_crops
 from sam_histo.eval.text_prompts import PromptSet
 
@@ -98,18 +97,11 @@ def _write_cache(path: Path, table: dict[str, torch.Tensor], model_name: str, pr
     """Write atomically: a temporary file in the same folder, then os.replace (readers never see half a file)."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = list(table)
     meta = {"model": model_name, "prompts_sha256": prompts.sha256, "prompt_file": prompts.path,
             "classes": json.dumps(names)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({f"class_{i}": table[n].contiguous() for i, n in enumerate(names)}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file({f"class_{i}": table[n].contiguous() for i, n in enumerate(names)}, str(tmp), metadata=meta)
 
 
 # ---------------------------------------------------------------------------------------------- head
@@ -155,13 +147,11 @@ class ClipHead(torch.nn.Module):
         from safetensors.torch import save_file
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"class_names": json.dumps(self.class_names), "logit_scale": repr(self.logit_scale),
                 "alpha": repr(self.alpha), "model": self.model_name, "prompts_sha256": self.prompts_sha256}
         tensors = {"zs_weight": self.zs_weight, "ft_weight": self.ft_weight.detach(), "ft_bias": self.ft_bias.detach()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
         return path
 
     @classmethod

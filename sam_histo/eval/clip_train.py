@@ -38,7 +38,7 @@ def train_clip_head(cfg, run_dir, train_adapter, val_adapter=None, *, classifier
     """
     from sam_histo.eval.clip_classify import MaskClassifier, build_mask_classifier
     from sam_histo.eval.clip_head import evaluate_clip, mask_dataset, train_head
-    from sam_histo.eval.files import write_json
+    from sam_histo.files import write_json
     from sam_histo.eval.summary import jsonable
     from sam_histo.eval.text_prompts import prompt_file_for
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from sam_histo.eval.files import atomic_path
+from sam_histo.files import atomic_path
 
 Color = Optional[Sequence[int]]
 

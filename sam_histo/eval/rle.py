@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage
 
-from sam_histo.eval.files import write_json
+from sam_histo.files import write_json
 
 CHUNK = 32  # masks encoded per pycocotools call: bounds the (H, W, CHUNK) uint8 buffer
 

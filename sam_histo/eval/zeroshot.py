@@ -110,7 +110,7 @@ def write_label_png(label: np.ndarray, path: Path) -> Path:
     """An id map as a single-channel PNG (uint8 below 256 ids, else uint16), written atomically."""
     from PIL import Image
 
-    from sam_histo.eval.files import atomic_path
+    from sam_histo.files import atomic_path
 
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
     with atomic_path(path) as tmp:

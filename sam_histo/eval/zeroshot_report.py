@@ -113,7 +113,7 @@ def clip_accuracy_lines(m: dict) -> list[str]:
 
 def append_section(report_path: Path, metrics: dict) -> Path:
     """Add the zero-shot setup and the CLIP accuracy table to report.md (rewritten atomically)."""
-    from sam_histo.eval.files import atomic_path
+    from sam_histo.files import atomic_path
 
     text = Path(report_path).read_text()
     section = "\n".join(setup_lines(metrics) + clip_accuracy_lines(metrics))

@@ -85,18 +85,18 @@ def save_state_dict(obj: nn.Module | Mapping[str, torch.Tensor], path: str | os.
     path = Path(path)
     state = obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        # safetensors refuses tensors that share storage; cloning gives each its own.
-        save_file({k: v.clone() for k, v in state.items()}, str(tmp), metadata=metadata)
-    elif path.suffix in (".pt", ".pth"):
-        torch.save({"model": state}, tmp)
-    else:
+    if path.suffix not in (".safetensors", ".pt", ".pth"):
         raise WeightsError(f"{path}: use a .pt or .safetensors file name")
-    os.replace(tmp, path)
+    from sam_histo.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            # safetensors refuses tensors that share storage; cloning gives each its own.
+            save_file({k: v.clone() for k, v in state.items()}, str(tmp), metadata=metadata)
+        else:
+            torch.save({"model": state}, tmp)
     return path
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from sam_histo.config import StainConfig
+from sam_histo.files import atomic_path, write_json
 from sam_histo.stain.base import FallbackCounter, StainError, list_images, load_references, read_rgb
 from sam_histo.stain.normalize import make_normalizer
 
@@ -43,9 +43,8 @@ def _write_png(img, path: Path) -> None:
     """Write atomically: a temporary file in the same folder, then rename over the final name."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.stem}.partial.png")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def _check_manifest(out_dir: Path, settings: dict) -> None:
@@ -59,9 +58,7 @@ def _check_manifest(out_dir: Path, settings: dict) -> None:
             raise StainError(f"--out {out_dir} holds outputs made with other settings ({diff}); "
                              "choose a new --out folder")
         return
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, path)
+    write_json(path, settings, indent=1)
 
 
 def normalize_folder(cfg: StainConfig, method: str, input_dir: Path, out_dir: Path) -> dict:

@@ -24,13 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from sam_histo.files import atomic_path
 from sam_histo.models.load import CKPT_DIR, LATEST
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def state_dict_for_save(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,7 +86,8 @@ def save_checkpoint(accelerator, run_dir: Path, model: torch.nn.Module, optimize
         if final.exists():  # same step written before (a resumed run re-saving): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write_text(root / LATEST, name)
+        with atomic_path(root / LATEST) as tmp_marker:
+            tmp_marker.write_text(name)
         _prune(root, keep)
     accelerator.wait_for_everyone()
     return final

@@ -20,12 +20,11 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from sam_histo.config import Config, load_config, save_config
+from sam_histo.config import Config, load_config
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
     Preemption,
-    TrainingError,
     TrainState,
     flat_config,
     make_accelerator,

@@ -66,15 +66,12 @@ def _adapter(cfg, split: str):
 
 def write_labels(labels: np.ndarray, path: Path) -> Path:
     """An instance volume as HDF5 dataset ``main`` (uint32), written atomically."""
-    import os
-
     import h5py
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
+    from sam_histo.files import atomic_path
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("main", data=labels.astype(np.uint32), compression="gzip", compression_opts=1)
-    os.replace(tmp, path)
     return path
 
 

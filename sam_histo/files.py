@@ -1,4 +1,5 @@
-"""Atomic file writing for outputs that other runs read or skip (predict resumes by skipping finished files).
+"""Atomic file writing for everything another run (or a resumed one) reads or skips: checkpoints' markers,
+weights, caches, manifests, predictions.
 
 ``with atomic_path(path) as tmp:`` yields a temporary path in the same folder (so ``os.replace`` stays on
 one file system and is atomic); write it completely, and on a clean exit it replaces ``path`` in one step.
@@ -29,8 +30,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def write_json(path: str | Path, obj, indent: int | None = None) -> Path:
-    """Write JSON atomically; returns ``path``."""
+def write_json(path: str | Path, obj, indent: int | None = None, **dumps_kwargs) -> Path:
+    """Write JSON atomically; returns ``path``. Extra keyword arguments go to ``json.dumps``."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=indent))
+        tmp.write_text(json.dumps(obj, indent=indent, **dumps_kwargs))
     return Path(path)
