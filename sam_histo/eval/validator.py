@@ -92,12 +92,13 @@ def overlay_items(predictor: SplitPredictor, scores) -> list[tuple]:
 
 
 def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, checkpoint: Optional[str] = None,
-             accelerator=None, progress: bool = True) -> dict:
-    """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report."""
+             accelerator=None, progress: bool = True, adapter=None) -> dict:
+    """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report.
+    ``adapter``: the split's adapter when the caller already has it (the trainer validates every epoch)."""
     from sam_histo.data.dataset import build_dataset
     from sam_histo.eval.report import write_report
 
-    adapter = build_dataset(cfg.data, split)
+    adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
         raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
     collector = heatmap_collector(cfg, adapter.classes)

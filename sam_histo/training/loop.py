@@ -56,6 +56,7 @@ class Run:
     wrapped: Optional[torch.nn.Module] = None
     optimizer: Optional[torch.optim.Optimizer] = None
     phase: int = -1
+    val_data: object = None  # the validation split's adapter, built at the first validation
 
     @property
     def steps_per_epoch(self) -> int:
@@ -229,9 +230,13 @@ def validate_epoch(run: Run, epoch: int) -> bool:
 
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
+    if run.val_data is None:  # index the split once, not every epoch
+        from sam_histo.data.dataset import build_dataset
+
+        run.val_data = build_dataset(cfg.data, "val")
     try:
         metrics = validate(run.model, cfg, "val", checkpoint=f"epoch {epoch}", accelerator=acc,
-                           progress=acc.is_local_main_process)
+                           progress=acc.is_local_main_process, adapter=run.val_data)
     except ValueError as e:  # no validation split: keep the last weights as the best
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
