@@ -16,14 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sam_histo.training.loop", "fine-tune SAM2 (same as accelerate launch sam_histo/train.py)"),
     "validate": ("sam_histo.eval.validator", "per-class metrics of a checkpoint on a split"),
     "score": ("sam_histo.eval.score", "score saved label maps or volumes against ground truth"),
-    "zeroshot": ("sam_histo.eval.zeroshot", "SAM2 automatic masks + CLIP prompts, scored per class"),
-    "release": ("sam_histo.release", "bundle a run's checkpoint for others to load and verify"),
-    "predict": ("sam_histo.predict", "label maps, probabilities, overlays and RLE from a release"),
+    "zeroshot": ("sam_histo.zeroshot.run", "SAM2 automatic masks + CLIP prompts, scored per class"),
+    "release": ("sam_histo.release.build", "bundle a run's checkpoint for others to load and verify"),
+    "predict": ("sam_histo.infer.predict", "label maps, probabilities, overlays and RLE from a release"),
     "bench": ("sam_histo.bench", "timings against the peer library, with the ratio"),
     "model": ("sam_histo.models.info", "model information (stage table, trainable parameters)"),
     "stain": ("sam_histo.stain.cli", "stain normalisation of a folder of tiles"),
     "fetch-weights": ("sam_histo.models.fetch", "download and verify an upstream checkpoint"),
-    "em": ("sam_histo.eval.em.cli", "EM vesicles: 3-D instance prediction and the decoding threshold sweep"),
+    "em": ("sam_histo.em.cli", "EM vesicles: 3-D instance prediction and the decoding threshold sweep"),
 }
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from sam_histo.data.types import ClassSpec
 from sam_histo.config import ZeroShotConfig
-from sam_histo.eval.class_map import (
+from sam_histo.zeroshot.class_map import (
     generator_kwargs, masks_from_records, pixel_probabilities, resolve_overlaps, unassigned_id,
 )
 

@@ -7,11 +7,11 @@ import torch
 
 from clip_fakes import ColourClip, TableClip
 from sam_histo.config import ClipConfig
-from sam_histo.eval.clip_classify import (
+from sam_histo.zeroshot.classify import (
     ClipHead, MaskClassifier, class_text_embeddings, clear_text_cache, text_classifier, zero_shot_head,
 )
-from sam_histo.eval.mask_crops import mask_crops, square_boxes
-from sam_histo.eval.text_prompts import load_prompts
+from sam_histo.zeroshot.mask_crops import mask_crops, square_boxes
+from sam_histo.zeroshot.text_prompts import load_prompts
 
 COLOUR_PROMPTS = {
     "templates": ["a photo of {}.", "{} stained tissue", "an image showing {} cells."],

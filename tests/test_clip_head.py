@@ -8,9 +8,9 @@ import torch
 from clip_fakes import ColourClip
 from sam_histo.config import ClipConfig
 from sam_histo.data.types import ClassSpec, Sample
-from sam_histo.eval.clip_classify import MaskClassifier, clear_text_cache, zero_shot_head
-from sam_histo.eval.clip_head import clip_accuracy, evaluate_clip, fit_head, gt_masks, train_head
-from sam_histo.eval.text_prompts import load_prompts
+from sam_histo.zeroshot.classify import MaskClassifier, clear_text_cache, zero_shot_head
+from sam_histo.zeroshot.head import clip_accuracy, evaluate_clip, fit_head, gt_masks, train_head
+from sam_histo.zeroshot.text_prompts import load_prompts
 
 SPEC = ClassSpec(("outside", "a", "b", "c"), ignore_index=0)
 COLOURS = {1: (210, 40, 40), 2: (40, 190, 50), 3: (40, 50, 200)}  # a red, b green, c blue
@@ -111,7 +111,7 @@ def test_tuned_head_beats_zero_shot_on_separable_masks(tmp_path):
 def test_train_head_mixes_and_leaves_zero_shot_untouched():
     g = torch.Generator().manual_seed(0)
     zs = torch.nn.functional.normalize(torch.randn(2, 4, generator=g), dim=-1)
-    from sam_histo.eval.clip_classify import ClipHead
+    from sam_histo.zeroshot.classify import ClipHead
 
     head = ClipHead(zs, ["p", "q"], 10.0)
     emb = torch.randn(40, 4, generator=g)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sam_histo.eval.clip_classify import clear_text_cache, text_classifier
-from sam_histo.eval.text_prompts import load_prompts, prompt_file_for
+from sam_histo.zeroshot.classify import clear_text_cache, text_classifier
+from sam_histo.zeroshot.text_prompts import load_prompts, prompt_file_for
 from sam_histo.models.clip import (
     ClipWeightsError, build_clip, build_hf_clip, build_open_clip, check_tokenizer, offline_clip_tokenizer,
 )

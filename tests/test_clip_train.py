@@ -8,10 +8,10 @@ import torch
 from clip_fakes import ColourClip
 from sam_histo.config import ClipConfig, Config, ConfigError
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval.clip_classify import ClipHead, MaskClassifier, clear_text_cache, zero_shot_head
-from sam_histo.eval.clip_head import mask_dataset, train_head
-from sam_histo.eval.clip_train import HEAD_FILE, METRICS_FILE, train_clip_head
-from sam_histo.eval.text_prompts import PROMPTS_DIR, load_prompts
+from sam_histo.zeroshot.classify import ClipHead, MaskClassifier, clear_text_cache, zero_shot_head
+from sam_histo.zeroshot.head import mask_dataset, train_head
+from sam_histo.zeroshot.train_head import HEAD_FILE, METRICS_FILE, train_clip_head
+from sam_histo.zeroshot.text_prompts import PROMPTS_DIR, load_prompts
 from test_clip_head import SPEC, SWAPPED, blob_samples
 
 
@@ -59,7 +59,7 @@ def test_train_clip_head_learns_saves_and_loads_back(tmp_path):
 
 
 def test_saved_head_replaces_the_text_classifier_and_bad_heads_fail(tmp_path):
-    from sam_histo.eval.zeroshot import build_classifier
+    from sam_histo.zeroshot.run import build_classifier
     from sam_histo.models.clip import build_clip
 
     clip_cfg = ClipConfig(arch="tiny", cache_dir="")

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval.evaluator import Evaluator
+from sam_histo.scoring.evaluator import Evaluator
 
 CLASSES = ClassSpec(("outside_roi", "tumor", "stroma", "vessel"), ignore_index=0)
 N = 7  # odd: not divisible by 2 processes, nor by the batch size

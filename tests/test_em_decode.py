@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from sam_histo.config import EmConfig, EmSweepConfig
-from sam_histo.eval.em.decode import Candidates, DecodeParams, decode, mask_stats, select
-from sam_histo.eval.em.sweep import grid, run_sweep, sweep_markdown, write_sweep
+from sam_histo.em.decode import Candidates, DecodeParams, decode, mask_stats, select
+from sam_histo.em.sweep import grid, run_sweep, sweep_markdown, write_sweep
 
 
 def _disc(shape, cy, cx, r):

@@ -15,7 +15,7 @@ import pytest
 
 from sam_histo.config import EmSweepConfig, load_config
 from sam_histo.data.vesicle import Vesicle
-from sam_histo.eval.instances import evaluate_volume, sweep_volume
+from sam_histo.em.volume import evaluate_volume, sweep_volume
 from sam_histo.eval.validator import validate_split
 from sam_histo.models.load import load_model
 from sam_histo.models.sam import build_sam

@@ -5,9 +5,9 @@ from em_fakes import OracleVideoPredictor
 from scipy.ndimage import binary_dilation
 from skimage.measure import label as cc_label
 
-from sam_histo.eval.em.link import drop_small, link_overlap, pair_overlap, relabel_sequential_3d
-from sam_histo.eval.em.video import link_video
-from sam_histo.eval.instance_metrics import contingency
+from sam_histo.em.link import drop_small, link_overlap, pair_overlap, relabel_sequential_3d
+from sam_histo.em.video import link_video
+from sam_histo.scoring.instances import contingency
 
 
 def _ball(shape, centre, radius):

@@ -12,9 +12,9 @@ from skimage.metrics import adapted_rand_error
 from sam_histo.config import ConfigError, DataConfig, EmConfig, EmSweepConfig, ModelConfig, load_config
 from sam_histo.data.synthetic import write_vesicle
 from sam_histo.data.vesicle import Vesicle
-from sam_histo.eval.em.decode import Candidates, DecodeParams, decode
-from sam_histo.eval.em.infer import VIEWS, Bounds, _cut, bounds, point_grid
-from sam_histo.eval.instances import evaluate_volume, link, predict_volume, sweep_volume
+from sam_histo.em.decode import Candidates, DecodeParams, decode
+from sam_histo.em.infer import VIEWS, Bounds, _cut, bounds, point_grid
+from sam_histo.em.volume import evaluate_volume, link, predict_volume, sweep_volume
 
 # Every pixel of a 48 x 48 slice is a grid point, so the oracle finds every cross-section, however small.
 ORACLE_EM = EmConfig(points_per_side=48, points_per_batch=512, min_size=1)
@@ -149,7 +149,7 @@ def test_video_linker_end_to_end_on_the_tiny_model(truth):
     the volume's shape, consecutive ids, every id on one unbroken run of slices (a track stops at its first
     empty frame; merged tracks overlap), and the seeds of the first seeded slice (the largest instance area,
     its masks are the tracks' conditioning outputs) labelled there."""
-    from sam_histo.eval.em.video import video_predictor_for
+    from sam_histo.em.video import video_predictor_for
     from sam_histo.models.sam import build_sam
 
     root, gt = truth

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval import metrics as M
-from sam_histo.eval.evaluator import Evaluator
-from sam_histo.eval.report import write_report
-from sam_histo.eval.summary import PER_CLASS_KEYS
+from sam_histo.scoring import confusion as M
+from sam_histo.scoring.evaluator import Evaluator
+from sam_histo.scoring.report import write_report
+from sam_histo.scoring.metrics_json import PER_CLASS_KEYS
 
 BCSS = ClassSpec(("outside_roi", "tumor", "stroma", "necrosis", "blood_vessel"), ignore_index=0)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sam_histo.config import ConfigError, HeatmapConfig, load_config
-from sam_histo.eval.heatmap import run_heatmap
+from sam_histo.infer.heatmap import run_heatmap
 
 
 def slides_with_specks():

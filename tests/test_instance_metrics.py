@@ -5,7 +5,7 @@ from scipy.optimize import linear_sum_assignment
 from skimage.metrics import adapted_rand_error
 from skimage.segmentation import relabel_sequential
 
-from sam_histo.eval.instance_metrics import (
+from sam_histo.scoring.instances import (
     THRESHOLDS,
     InstanceCounts,
     image_level_instance_scores,

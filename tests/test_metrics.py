@@ -10,7 +10,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from sam_histo.eval import metrics as M
+from sam_histo.scoring import confusion as M
 
 C, K = 6, 0  # ids 0..5, id 0 ignored (like BCSS outside_roi)
 

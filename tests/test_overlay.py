@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from sam_histo.files import atomic_path
-from sam_histo.eval.overlay import overlay, save_png
+from sam_histo.infer.overlay import overlay, save_png
 
 COLORS = [(0, 0, 0), (200, 0, 0), (0, 100, 250)]
 

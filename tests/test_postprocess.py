@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from skimage import measure
 
-from sam_histo.eval.postprocess import best_threshold, clean_mask, threshold_sweep, zscore_per_slide
+from sam_histo.infer.postprocess import best_threshold, clean_mask, threshold_sweep, zscore_per_slide
 
 
 # ------------------------------------------------------------------------------------------- oracles

@@ -10,12 +10,12 @@ from scipy import ndimage
 import sam_histo
 from sam_histo.config import ConfigError, load_config
 from sam_histo.data.types import DataError
-from sam_histo.predict import PredictError, main
+from sam_histo.infer.predict import PredictError, main
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_run, tmp_path_factory):
-    from sam_histo.release import make_release
+    from sam_histo.release.build import make_release
 
     return make_release(tiny_run, tmp_path_factory.mktemp("pbundle") / "release")[0]
 
@@ -30,7 +30,7 @@ def _image(h, w, seed=0):
 
 
 def _probs(release, image):
-    from sam_histo.eval.inference import semantic_probs
+    from sam_histo.infer.image import semantic_probs
 
     return semantic_probs(release.model, image, 7, 0)
 
@@ -40,7 +40,7 @@ def _png(path):
 
 
 def test_predict_large_image_writes_every_output_at_its_size(bundle, release, tmp_path):
-    from sam_histo.eval.rle import decode
+    from sam_histo.infer.rle import decode
 
     image = _image(150, 200)  # the model input is 64 px
     Image.fromarray(image).save(tmp_path / "big.png")
@@ -160,7 +160,7 @@ def test_prompted_release_names_masks_with_clip_or_says_what_it_lacks(tiny_run, 
     from sam_histo.config import ClipConfig
     from sam_histo.models.clip import build_clip
     from sam_histo.models.weights import save_state_dict
-    from sam_histo.release import make_release
+    from sam_histo.release.build import make_release
 
     run = tmp_path / "prompted_run"
     shutil.copytree(tiny_run, run)
@@ -186,7 +186,7 @@ def test_validator_heatmap_block_matches_an_independent_recount(tiny_run, tmp_pa
     """The heatmap block of `sam-histo validate ... heatmap.class_name=tumor`: the z-score step's IoU equals
     a recount from the model's probabilities, and at dataset level IoU- and F1-optimal thresholds agree."""
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.inference import semantic_probs
+    from sam_histo.infer.image import semantic_probs
     from sam_histo.eval.validator import main as validate_main
     from sam_histo.models.load import load_model
 
@@ -226,8 +226,8 @@ def test_stain_normalised_release_carries_its_reference(tiny_run, tmp_path):
     new images to it even after the original reference is gone."""
     from sam_histo.augment import build_eval_transform
     from sam_histo.config import StainConfig
-    from sam_histo.eval.inference import semantic_probs
-    from sam_histo.release import ReleaseError, make_release
+    from sam_histo.infer.image import semantic_probs
+    from sam_histo.release.build import ReleaseError, make_release
 
     ref = tmp_path / "ref.png"
     Image.fromarray(_image(48, 48, 9)).save(ref)

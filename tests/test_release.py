@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import sam_histo
-from sam_histo.bundle import BundleError, bundle_digest, write_sums
+from sam_histo.release.bundle import BundleError, bundle_digest, write_sums
 from sam_histo.config import load_config
-from sam_histo.release import ReleaseError, main, make_release
+from sam_histo.release.build import ReleaseError, main, make_release
 
 FILES = ["model.safetensors", "semantic_head.safetensors", "config.json", "classes.json", "prompts.json",
          "metrics.json", "README.md", "SHA256SUMS"]
@@ -42,7 +42,7 @@ def _image(h=90, w=100, seed=1):
 
 def test_bundle_files_hashes_and_provenance(bundle, tiny_run):
     from sam_histo.data.dataset import class_spec
-    from sam_histo.eval.text_prompts import PROMPTS_DIR, load_prompts
+    from sam_histo.zeroshot.text_prompts import PROMPTS_DIR, load_prompts
 
     assert sorted(p.name for p in bundle.iterdir()) == sorted(FILES)
     lines = (bundle / "SHA256SUMS").read_text().splitlines()
@@ -95,7 +95,7 @@ def test_weights_file_is_the_official_sam2_layout_and_loads_with_build_sam2(bund
 
 
 def test_load_release_predicts_exactly_as_the_run_checkpoint(bundle, tiny_run):
-    from sam_histo.eval.inference import semantic_probs
+    from sam_histo.infer.image import semantic_probs
     from sam_histo.models.load import load_model
 
     release = sam_histo.load_release(bundle)
@@ -220,7 +220,7 @@ def test_release_errors_name_the_problem(tmp_path, tiny_run):
 def test_base_checkpoint_is_named_with_its_sha256_or_the_reason_it_is_missing(tmp_path, monkeypatch):
     from sam_histo.config import ModelConfig
     from sam_histo.models.fetch import find, load_manifest
-    from sam_histo.release import base_checkpoint_info
+    from sam_histo.release.build import base_checkpoint_info
 
     weights = tmp_path / "base.pt"
     torch.save({"model": {"w": torch.arange(5.0)}}, weights)

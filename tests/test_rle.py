@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import measure
 
-from sam_histo.eval.rle import decode, decode_instances, encode_label_map, write_records
+from sam_histo.infer.rle import decode, decode_instances, encode_label_map, write_records
 
 NAMES = ["outside_roi", "tumor", "stroma", "necrosis", "vessel"]
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sam_histo.eval.sliding import sliding_window, window_positions
+from sam_histo.infer.sliding import sliding_window, window_positions
 
 
 def coord_image(h, w):

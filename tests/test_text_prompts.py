@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from sam_histo.eval.text_prompts import PROMPTS_DIR, PromptFileError, load_prompts, prompt_file_for
+from sam_histo.zeroshot.text_prompts import PROMPTS_DIR, PromptFileError, load_prompts, prompt_file_for
 
 SHIPPED = {
     "bcss": ["tumor", "stroma", "lymphocytic_infiltrate", "necrosis_or_debris", "blood_vessel", "other"],

@@ -11,8 +11,8 @@ from PIL import Image
 from clip_fakes import ColourClip
 from sam_histo.config import PROJECT_ROOT, ClipConfig, Config, ModelConfig
 from sam_histo.data.types import ClassSpec, Sample
-from sam_histo.eval.clip_classify import ClipHead, MaskClassifier
-from sam_histo.eval.zeroshot import ZeroShotError, load_sam, run_zeroshot
+from sam_histo.zeroshot.classify import ClipHead, MaskClassifier
+from sam_histo.zeroshot.run import ZeroShotError, load_sam, run_zeroshot
 from sam_histo.models.load import resolve_model_file
 
 SPEC = ClassSpec(("outside", "a", "b", "c", "d"), ignore_index=0)
@@ -173,7 +173,7 @@ def test_cli_on_demo_data_writes_metrics_report_and_predictions(bcss_root, tmp_p
     from sam_histo.cli import main
     from sam_histo.config import load_config
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.summary import EXTRA_KEYS
+    from sam_histo.scoring.metrics_json import EXTRA_KEYS
 
     overrides = [f"data.root={bcss_root}", "clip.cache_dir=", "eval.overlays=1"]
     ckpt = tmp_path / "ckpt"

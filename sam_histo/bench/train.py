@@ -69,7 +69,7 @@ def _bare_step(model, cfg, data, device):
 
 
 def _loader_rate(data, workers: int, n: int) -> float:
-    from sam_histo.training.data import make_loader
+    from sam_histo.training.samples import make_loader
 
     loader = make_loader(data.loader.dataset, data.sampler, 0, data.loader.batch_size, workers)
     t0, got = None, 0
@@ -91,7 +91,7 @@ def run(args) -> dict:
     from sam_histo.models.stages import set_trainable
     from sam_histo.training.loop import Run
     from sam_histo.training.runtime import Preemption, TrainState, make_accelerator
-    from sam_histo.training.setup import JsonlLog, build_data, build_model
+    from sam_histo.training.build import JsonlLog, build_data, build_model
 
     import torch
 

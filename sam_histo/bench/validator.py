@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sam_histo.bench import result, seconds_per_call
-from sam_histo.eval.metrics import ConfusionMatrix
+from sam_histo.scoring.confusion import ConfusionMatrix
 
 PEER = "torchmetrics validate_args=False"
 SKLEARN = "scikit-learn confusion_matrix"

@@ -51,8 +51,8 @@ def synthetic_tile(size: int, n_masks: int, seed: int = 0) -> tuple[np.ndarray, 
 
 def _peer_probabilities(model, prompts, head, image, masks, clip_cfg) -> np.ndarray:
     """One mask at a time, prompts re-encoded for each mask: the straightforward loop."""
-    from sam_histo.eval.clip_classify import ensemble
-    from sam_histo.eval.mask_crops import mask_crops
+    from sam_histo.zeroshot.classify import ensemble
+    from sam_histo.zeroshot.mask_crops import mask_crops
 
     rows = []
     for k in range(len(masks)):
@@ -68,8 +68,8 @@ def _peer_probabilities(model, prompts, head, image, masks, clip_cfg) -> np.ndar
 
 def run(args) -> dict:
     from sam_histo.config import ClipConfig
-    from sam_histo.eval.clip_classify import MaskClassifier, clear_text_cache, zero_shot_head
-    from sam_histo.eval.text_prompts import PROMPTS_DIR, load_prompts
+    from sam_histo.zeroshot.classify import MaskClassifier, clear_text_cache, zero_shot_head
+    from sam_histo.zeroshot.text_prompts import PROMPTS_DIR, load_prompts
     from sam_histo.models.clip import build_open_clip
 
     args = SimpleNamespace(**{**vars(_defaults()), **vars(args)})

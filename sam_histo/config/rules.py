@@ -6,7 +6,7 @@ import math
 from sam_histo.config.errors import ConfigError, nearest
 from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, HeatmapConfig, ZeroShotConfig
 
-# Test-time views of the EM pipeline (sam_histo.eval.em.infer.VIEWS); the identity is always included.
+# Test-time views of the EM pipeline (sam_histo.em.infer.VIEWS); the identity is always included.
 EM_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 
 

@@ -226,7 +226,7 @@ class EvalConfig:
 
 @dataclass
 class ClipConfig:
-    """CLIP mask classification (sam_histo.models.clip, sam_histo.eval.clip_classify / clip_head).
+    """CLIP mask classification (sam_histo.models.clip, sam_histo.zeroshot.classify / clip_head).
 
     backend open_clip: ``arch`` is an open_clip architecture name (ViT-B-32, ...), ``tiny`` (a small
     random-init config for tests), ``hf-hub:org/name`` or ``local-dir:/folder`` (config and weights
@@ -261,7 +261,7 @@ class ClipConfig:
     # A saved head (clip_head.safetensors) to classify with instead of the zero-shot text classifier.
     head: str = ""
     # After SAM2 training, tune the head on the training split's ground-truth masks and save
-    # <run>/clip_head.safetensors with <run>/clip_head_metrics.json (sam_histo.eval.clip_train).
+    # <run>/clip_head.safetensors with <run>/clip_head_metrics.json (sam_histo.zeroshot.train_head).
     train_head: bool = False
     # Ground-truth masks for the head and for CLIP accuracy: components smaller than this are skipped,
     # and at most this many (largest first) per image.
@@ -271,7 +271,7 @@ class ClipConfig:
 
 @dataclass
 class ZeroShotConfig:
-    """SAM2 automatic masks -> CLIP class per mask -> one class map (sam_histo.eval.class_map)."""
+    """SAM2 automatic masks -> CLIP class per mask -> one class map (sam_histo.zeroshot.class_map)."""
 
     points_per_side: int = 32
     points_per_batch: int = 64
@@ -291,7 +291,7 @@ class ZeroShotConfig:
 
 @dataclass
 class HeatmapConfig:
-    """Binary heatmaps of one class over a large image or the tiles of a slide (sam_histo.eval.heatmap).
+    """Binary heatmaps of one class over a large image or the tiles of a slide (sam_histo.infer.heatmap).
 
     The steps run in this order, each optional, and the validator and predict report the effect of each:
     ``zscore`` per-slide z-scores of the class scores; ``threshold`` a fixed number (in z units when
@@ -324,7 +324,7 @@ class EmSweepConfig:
 
 @dataclass
 class EmConfig:
-    """EM vesicle instances in 3-D (sam_histo.eval.instances, sam_histo.eval.em).
+    """EM vesicle instances in 3-D (sam_histo.em.volume, sam_histo.em).
 
     Each z-slice: a grid of ``points_per_side``^2 single-point prompts through the prompted decoder (optionally
     averaged over flip / rot90 views, ``tta``), candidates filtered by predicted IoU, stability and object

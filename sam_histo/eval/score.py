@@ -141,8 +141,8 @@ def _load_image(images: Optional[Path], name: str) -> Optional[np.ndarray]:
 def main(argv: Optional[list[str]] = None) -> int:
     from tqdm import tqdm
 
-    from sam_histo.eval.evaluator import Evaluator
-    from sam_histo.eval.report import write_report
+    from sam_histo.scoring.evaluator import Evaluator
+    from sam_histo.scoring.report import write_report
 
     parser = build_parser()
     args = parser.parse_args(argv)

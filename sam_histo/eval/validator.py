@@ -19,9 +19,9 @@ from tqdm import tqdm
 from sam_histo.config import Config, load_config
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval.class_map import unassigned_id
-from sam_histo.eval.evaluator import Evaluator
-from sam_histo.eval.inference import prompted_class_map, semantic_probs
+from sam_histo.zeroshot.class_map import unassigned_id
+from sam_histo.scoring.evaluator import Evaluator
+from sam_histo.infer.image import prompted_class_map, semantic_probs
 
 
 def modality(dataset: str) -> str:
@@ -63,7 +63,7 @@ class SplitPredictor:
 
 def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
     """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator; a
-    ``heatmap`` (eval.heatmap.HeatmapCollector) also gets every image's probabilities."""
+    ``heatmap`` (infer.heatmap.HeatmapCollector) also gets every image's probabilities."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     predictor = SplitPredictor(model, adapter, cfg)
@@ -96,7 +96,7 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
     """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report.
     ``adapter``: the split's adapter when the caller already has it (the trainer validates every epoch)."""
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.report import write_report
+    from sam_histo.scoring.report import write_report
 
     adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
@@ -116,7 +116,7 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
         files = write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
                              overlay_items(predictor, worst), overlay_class)
         if collector is not None:
-            from sam_histo.eval.heatmap import report_section
+            from sam_histo.infer.heatmap import report_section
 
             files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
                                        + report_section(metrics["heatmap"]) + "\n")
@@ -132,7 +132,7 @@ def heatmap_collector(cfg: Config, classes: ClassSpec):
 
         raise ConfigError("heatmap.class_name needs class probabilities, which only model.mode=semantic gives; "
                           "prompted validation scores class maps")
-    from sam_histo.eval.heatmap import HeatmapCollector
+    from sam_histo.infer.heatmap import HeatmapCollector
 
     return HeatmapCollector(cfg.heatmap, classes)
 
@@ -142,8 +142,8 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
     """3-D instance metrics of a vesicle split (``eval.instances``): the split's volume decoded into
     instances (``cfg.em``) and scored with adapted Rand error, Rand precision / recall and matched F1."""
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.instances import evaluate_volume
-    from sam_histo.eval.report import write_report
+    from sam_histo.em.volume import evaluate_volume
+    from sam_histo.scoring.report import write_report
 
     adapter = build_dataset(cfg.data, split)
     if len(adapter) == 0:

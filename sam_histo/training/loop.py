@@ -30,7 +30,7 @@ from sam_histo.training.runtime import (
     make_accelerator,
     prepare_run_dir,
 )
-from sam_histo.training.setup import (
+from sam_histo.training.build import (
     JsonlLog,
     build_data,
     build_model,
@@ -284,7 +284,7 @@ def finish(run: Run, status: str) -> dict:
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
     if cfg.clip.train_head and acc.is_main_process:
-        from sam_histo.eval.clip_train import train_clip_head
+        from sam_histo.zeroshot.train_head import train_clip_head
         from sam_histo.data.dataset import build_dataset
 
         result["clip"] = train_clip_head(cfg, run.run_dir, run.data.train, build_dataset(cfg.data, "val"))

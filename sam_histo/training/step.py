@@ -9,7 +9,7 @@ import torch
 
 from sam_histo.config import LossConfig
 from sam_histo.losses import prompted_loss, semantic_loss
-from sam_histo.training.data import Batch
+from sam_histo.training.samples import Batch
 
 
 def batch_loss(model, batch: Batch, mode: str, class_weights: torch.Tensor, loss_cfg: LossConfig,

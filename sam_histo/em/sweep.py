@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-from sam_histo.eval.em.decode import Candidates, DecodeParams, decode, mask_stats
-from sam_histo.eval.em.link import link_overlap
-from sam_histo.eval.instance_metrics import instance_metrics
+from sam_histo.em.decode import Candidates, DecodeParams, decode, mask_stats
+from sam_histo.em.link import link_overlap
+from sam_histo.scoring.instances import instance_metrics
 
 SWEPT = ("mask_threshold", "iou_thresh", "stability_thresh", "min_size")
 METRICS = ("adapted_rand_error", "precision", "recall", "f1_at_0.5", "n_gt", "n_pred")
@@ -109,7 +109,7 @@ def sweep_markdown(result: SweepResult) -> str:
 
 def write_sweep(result: SweepResult, out_dir) -> dict[str, Path]:
     """sweep.json ({"split", "checkpoint", "best", "rows"}; NaN -> null) and sweep.md in ``out_dir``."""
-    from sam_histo.eval.summary import jsonable
+    from sam_histo.scoring.metrics_json import jsonable
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

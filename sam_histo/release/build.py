@@ -1,6 +1,6 @@
 """`sam-histo release --run RUN --out DIR [--checkpoint best|last|PATH] [--force]`: a bundle others can load.
 
-The bundle (layout in :mod:`sam_histo.bundle`) holds the SAM2 weights in the official key layout, the
+The bundle (layout in :mod:`sam_histo.release.bundle`) holds the SAM2 weights in the official key layout, the
 class-token head and the CLIP head in their own safetensors files, the resolved training config with the
 base checkpoint's sha256 and the library versions, the classes, the prompt file and its hash, the metrics
 of the released checkpoint, a model card and SHA256SUMS. It is built in a temporary folder beside ``--out``
@@ -24,8 +24,8 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from sam_histo import bundle as B
-from sam_histo.bundle import BundleError, load_release, sha256_file  # noqa: F401  (load_release: public API)
+from sam_histo.release import bundle as B
+from sam_histo.release.bundle import BundleError, load_release, sha256_file  # noqa: F401  (load_release: public API)
 from sam_histo.config import PROJECT_ROOT, Config, ConfigError, load_config, to_dict
 
 
@@ -131,7 +131,7 @@ def sam2_build_info(model_cfg) -> dict:
 
 # ------------------------------------------------------------------------------------- extra files
 def copy_prompts(cfg: Config, tmp: Path) -> dict:
-    from sam_histo.eval.text_prompts import load_prompts, prompt_file_for
+    from sam_histo.zeroshot.text_prompts import load_prompts, prompt_file_for
 
     src = prompt_file_for(cfg.clip.prompts, cfg.data.dataset)
     try:
@@ -164,7 +164,7 @@ def copy_stain_reference(stain, tmp: Path) -> tuple[list[str], Optional[str]]:
 def clip_info(cfg: Config, run: Path, tmp: Path) -> dict:
     from safetensors import safe_open
 
-    from sam_histo.eval.clip_train import HEAD_FILE
+    from sam_histo.zeroshot.train_head import HEAD_FILE
 
     head = run / HEAD_FILE if (run / HEAD_FILE).is_file() else (Path(cfg.clip.head) if cfg.clip.head else None)
     weights = Path(cfg.clip.weights).expanduser() if cfg.clip.weights else None
@@ -253,7 +253,7 @@ def _build_model(cfg: Config, classes, sam_state: dict, head_state: Optional[dic
 def write_bundle(run: Path, tmp: Path, checkpoint: str, recompute: bool) -> dict:
     """Write every file of the bundle into the empty folder ``tmp``; returns config.json's content."""
     from sam_histo.data.dataset import class_spec
-    from sam_histo.model_card import render_card
+    from sam_histo.release.model_card import render_card
     from sam_histo.models.weights import read_state_dict, save_state_dict
 
     cfg = load_config(run / "config.yaml")

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval import metrics as M
-from sam_histo.eval.instance_metrics import InstanceCounts, instance_scores
+from sam_histo.scoring import confusion as M
+from sam_histo.scoring.instances import InstanceCounts, instance_scores
 
 PER_CLASS_KEYS = ("dice", "iou", "precision", "recall", "f1", "support_pixels", "pred_pixels", "images_present")
 EXTRA_KEYS = (

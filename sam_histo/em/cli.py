@@ -78,8 +78,8 @@ def write_labels(labels: np.ndarray, path: Path) -> Path:
 def _predict(args, cfg, model) -> int:
     import time
 
-    from sam_histo.eval.instances import CLASSES, evaluate_prediction, predict_volume
-    from sam_histo.eval.report import write_report
+    from sam_histo.em.volume import CLASSES, evaluate_prediction, predict_volume
+    from sam_histo.scoring.report import write_report
 
     checkpoint = cfg.model.checkpoint or "random initialisation"
     if args.volume is not None:
@@ -103,8 +103,8 @@ def _predict(args, cfg, model) -> int:
 
 
 def _sweep(args, cfg, model) -> int:
-    from sam_histo.eval.em.sweep import write_sweep
-    from sam_histo.eval.instances import sweep_volume
+    from sam_histo.em.sweep import write_sweep
+    from sam_histo.em.volume import sweep_volume
 
     adapter = _adapter(cfg, args.split or cfg.eval.split)
     result = sweep_volume(model, adapter, cfg.em, checkpoint=cfg.model.checkpoint or "random initialisation")

@@ -4,7 +4,7 @@
     metrics = evaluate_volume(model, adapter, cfg.em, model_cfg=cfg.model, checkpoint="runs/x/best")
     result = sweep_volume(model, val_adapter, cfg.em)                            # best: result.best_setting
 
-Per slice (``sam_histo.eval.em.infer``): a grid of point prompts through the prompted decoder, optionally
+Per slice (``sam_histo.em.infer``): a grid of point prompts through the prompted decoder, optionally
 averaged over flip / rot90 views; ``decode`` turns the candidates into a 2-D instance map (thresholds,
 stability, mask-IoU NMS, minimum size). Through z: ``em.linker`` ``overlap`` (default: links instances of
 neighbouring slices by 2-D overlap; cheap, deterministic, and what the sweep scores) or ``video`` (SAM2's video
@@ -22,10 +22,10 @@ from typing import Optional
 import numpy as np
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval.em.decode import DecodeParams
-from sam_histo.eval.em.infer import bounds, volume_candidates
-from sam_histo.eval.em.link import link_overlap
-from sam_histo.eval.em.sweep import SweepResult, decode_volume, run_sweep
+from sam_histo.em.decode import DecodeParams
+from sam_histo.em.infer import bounds, volume_candidates
+from sam_histo.em.link import link_overlap
+from sam_histo.em.sweep import SweepResult, decode_volume, run_sweep
 
 CLASSES = ClassSpec(("background", "vesicle"))
 
@@ -38,7 +38,7 @@ def link(volume: np.ndarray, slices: np.ndarray, scores: list, em, *, model=None
         return link_overlap(slices, em.link_overlap, em.link_gap, em.min_voxels)
     if em.linker != "video":
         raise ValueError(f"em.linker={em.linker!r} must be 'overlap' or 'video'")
-    from sam_histo.eval.em.video import link_video, video_predictor_for
+    from sam_histo.em.video import link_video, video_predictor_for
 
     if video_predictor is None:
         if model is None or model_cfg is None:
@@ -67,7 +67,7 @@ def volume_metrics(pred: np.ndarray, gt: np.ndarray, split: Optional[str] = None
                    checkpoint: Optional[str] = None, source: Optional[str] = None) -> dict:
     """The metrics object (DESIGN.md section 3, with ``instances``) of one predicted instance volume against
     its labels, both (Z, H, W) integer ids with 0 background. Voxel-level classes: background, vesicle."""
-    from sam_histo.eval.evaluator import Evaluator
+    from sam_histo.scoring.evaluator import Evaluator
 
     pred, gt = np.asarray(pred), np.asarray(gt)
     if pred.shape != gt.shape:
@@ -109,7 +109,7 @@ def evaluate_volume(model, adapter, em, *, model_cfg=None, checkpoint: Optional[
 def sweep_volume(model, adapter, em, *, checkpoint: Optional[str] = None, progress: bool = True) -> SweepResult:
     """The decoding sweep (``em.sweep`` grid) on the adapter's split: the network once, every setting decoded
     from the cached candidates, linked by overlap and scored; ``result.best_setting`` has the lowest adapted
-    Rand error. Write it with ``sam_histo.eval.em.sweep.write_sweep``."""
+    Rand error. Write it with ``sam_histo.em.sweep.write_sweep``."""
     cands = volume_candidates(model, adapter.volume(), em, bounds(em, sweep=True), progress=progress)
     result = run_sweep(cands, adapter.label_volume(), em, progress=progress)
     result.split, result.checkpoint = adapter.split, checkpoint

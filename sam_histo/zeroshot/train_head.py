@@ -18,7 +18,7 @@ METRICS_FILE = "clip_head_metrics.json"
 
 
 def _accuracy_at(head, embeddings: torch.Tensor, labels: torch.Tensor, alphas) -> dict:
-    from sam_histo.eval.clip_head import clip_accuracy
+    from sam_histo.zeroshot.head import clip_accuracy
 
     out = {}
     with torch.no_grad():
@@ -36,11 +36,11 @@ def train_clip_head(cfg, run_dir, train_adapter, val_adapter=None, *, classifier
     classifier: a MaskClassifier to start from (default: CLIP of ``cfg.clip`` with the zero-shot text head;
     ``clip.head`` is not used, training always starts from the prompts).
     """
-    from sam_histo.eval.clip_classify import MaskClassifier, build_mask_classifier
-    from sam_histo.eval.clip_head import evaluate_clip, mask_dataset, train_head
+    from sam_histo.zeroshot.classify import MaskClassifier, build_mask_classifier
+    from sam_histo.zeroshot.head import evaluate_clip, mask_dataset, train_head
     from sam_histo.files import write_json
-    from sam_histo.eval.summary import jsonable
-    from sam_histo.eval.text_prompts import prompt_file_for
+    from sam_histo.scoring.metrics_json import jsonable
+    from sam_histo.zeroshot.text_prompts import prompt_file_for
 
     spec = train_adapter.classes
     if classifier is None:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sam_histo.data.types import Prompts
-from sam_histo.eval.em.decode import Candidates
+from sam_histo.em.decode import Candidates
 
 
 class View(NamedTuple):

@@ -1,15 +1,15 @@
 """The heatmap pipeline shared by the validator and ``sam-histo predict``, driven by a ``HeatmapConfig``.
 
 :func:`run_heatmap` takes the class-of-interest score maps (the caller picks the class channel, e.g.
-``probs[class_id]`` from :func:`sam_histo.eval.sliding.sliding_window`), one slide id per map, and optional
+``probs[class_id]`` from :func:`sam_histo.infer.sliding.sliding_window`), one slide id per map, and optional
 labels, and applies the options of ``cfg`` (``heatmap`` section, see sam_histo.config.HeatmapConfig) in
 order:
 
-1. ``zscore``: :func:`~sam_histo.eval.postprocess.zscore_per_slide` (statistics over ``tissue`` when given);
+1. ``zscore``: :func:`~sam_histo.infer.postprocess.zscore_per_slide` (statistics over ``tissue`` when given);
 2. ``threshold``: a number, or ``auto-iou`` / ``auto-f1`` chosen on the labels by
-   :func:`~sam_histo.eval.postprocess.threshold_sweep` (``average``, ``candidates``); without labels an auto
+   :func:`~sam_histo.infer.postprocess.threshold_sweep` (``average``, ``candidates``); without labels an auto
    rule needs the value the validator chose, passed as ``threshold=``;
-3. ``min_size`` / ``fill_holes``: :func:`~sam_histo.eval.postprocess.clean_mask` on each map.
+3. ``min_size`` / ``fill_holes``: :func:`~sam_histo.infer.postprocess.clean_mask` on each map.
 
 ``HeatmapResult.steps`` says what each step did: one row per step with the threshold, the share of positive
 elements and, with labels, dataset-level IoU and F1, the mean IoU over slides, and ``iou_before`` (the row
@@ -25,7 +25,7 @@ from typing import Hashable, Optional, Sequence
 import numpy as np
 
 from sam_histo.config import HeatmapConfig
-from sam_histo.eval.postprocess import ThresholdSweep, clean_mask, iou_f1, threshold_sweep, zscore_per_slide
+from sam_histo.infer.postprocess import ThresholdSweep, clean_mask, iou_f1, threshold_sweep, zscore_per_slide
 
 
 @dataclass
@@ -156,7 +156,7 @@ class HeatmapCollector:
         """The ``heatmap`` block of the metrics JSON (gathers every process's images first)."""
         from dataclasses import asdict
 
-        from sam_histo.eval.evaluator import gather_records
+        from sam_histo.scoring.evaluator import gather_records
 
         items = {repr(r["key"]): r for r in gather_records(self.items, accelerator)}
         items = [items[k] for k in sorted(items)]

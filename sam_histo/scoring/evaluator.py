@@ -27,9 +27,9 @@ from typing import Any, Optional
 import numpy as np
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval import metrics as M
-from sam_histo.eval.instance_metrics import InstanceCounts, image_level_instance_scores, instance_counts
-from sam_histo.eval.summary import jsonable, metrics_json
+from sam_histo.scoring import confusion as M
+from sam_histo.scoring.instances import InstanceCounts, image_level_instance_scores, instance_counts
+from sam_histo.scoring.metrics_json import jsonable, metrics_json
 
 _META_TYPES = (str, int, float, bool)
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sam_histo.data.types import Prompts
-from sam_histo.eval.sliding import sliding_window
+from sam_histo.infer.sliding import sliding_window
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

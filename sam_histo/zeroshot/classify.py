@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from sam_histo.files import atomic_path
-from sam_histo.eval.mask_crops import as_mask_stack, mask_crops
-from sam_histo.eval.text_prompts import PromptSet
+from sam_histo.zeroshot.mask_crops import as_mask_stack, mask_crops
+from sam_histo.zeroshot.text_prompts import PromptSet
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def build_mask_classifier(clip_cfg, class_names: Sequence[str], prompt_path: str
 
     ``prompt_path``: usually ``text_prompts.prompt_file_for(cfg.clip.prompts, cfg.data.dataset)``.
     """
-    from sam_histo.eval.text_prompts import load_prompts
+    from sam_histo.zeroshot.text_prompts import load_prompts
     from sam_histo.models.clip import build_clip
 
     model = build_clip(clip_cfg, device)

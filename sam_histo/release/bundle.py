@@ -1,6 +1,6 @@
 """A released model bundle on disk: its file names, its SHA256SUMS, and loading it back (``load_release``).
 
-Layout (written by :mod:`sam_histo.release`)::
+Layout (written by :mod:`sam_histo.release.build`)::
 
     model.safetensors          SAM2 weights, SAM2Base keys as in the official checkpoints (no ``sam.`` prefix)
     semantic_head.safetensors  class-token head (semantic mode)
@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-FORMAT = "sam_histo.release/1"
+FORMAT = "sam_histo.release.build/1"
 WEIGHTS = "model.safetensors"
 SEMANTIC_HEAD = "semantic_head.safetensors"
 CLIP_HEAD = "clip_head.safetensors"
@@ -190,7 +190,7 @@ def load_release(path: str | Path, expected_digest: Optional[str] = None) -> Rel
         load_into(model.semantic_head, load_file(str(folder / SEMANTIC_HEAD)), source=str(folder / SEMANTIC_HEAD))
     clip_head = None
     if files.get("clip_head"):
-        from sam_histo.eval.clip_classify import ClipHead
+        from sam_histo.zeroshot.classify import ClipHead
 
         clip_head = ClipHead.load(folder / CLIP_HEAD)
         cfg.clip.head = str(folder / CLIP_HEAD)

@@ -1,5 +1,5 @@
 """EM vesicle instances in 3-D: per-slice automatic masks from grid prompts, decoding, linking through z,
-the decoding sweep. The public entry points are in ``sam_histo.eval.instances``.
+the decoding sweep. The public entry points are in ``sam_histo.em.volume``.
 
 Modules, by responsibility:
 

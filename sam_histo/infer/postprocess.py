@@ -20,7 +20,7 @@ is a bool array of the same shape. Lists of maps are given with one slide id per
 - :func:`clean_mask` drops connected components smaller than ``min_size`` elements (pixels, or tiles of a
   tile-level heatmap) and then fills enclosed holes.
 
-The pipeline over these steps, driven by a ``HeatmapConfig``, is :func:`sam_histo.eval.heatmap.run_heatmap`.
+The pipeline over these steps, driven by a ``HeatmapConfig``, is :func:`sam_histo.infer.heatmap.run_heatmap`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from sam_histo.data.types import ClassSpec, Sample
-from sam_histo.eval.clip_classify import ClipHead, MaskClassifier
+from sam_histo.zeroshot.classify import ClipHead, MaskClassifier
 
 
 def gt_masks(sample: Sample, spec: ClassSpec, min_area: int = 16, max_masks: int = 64) -> tuple[np.ndarray, np.ndarray]:

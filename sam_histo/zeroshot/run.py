@@ -59,7 +59,7 @@ def sam_description(model_cfg, checkpoint: str | Path | None) -> str:
 def build_classifier(clip_cfg, spec, prompt_path: Path, device="cpu"):
     """The MaskClassifier of ``clip_cfg`` over the trained classes of ``spec``; ``clip_cfg.head`` (a saved
     ClipHead) replaces the zero-shot text classifier."""
-    from sam_histo.eval.clip_classify import build_mask_classifier
+    from sam_histo.zeroshot.classify import build_mask_classifier
 
     head = None
     if clip_cfg.head:
@@ -83,7 +83,7 @@ def classify_image(generator, classifier, image: np.ndarray, column_ids, num_cla
     Returns {"label": int64 [H, W] ids, "probs": float32 [num_classes, H, W], "n_generated": masks from SAM2,
     "n_masks": masks kept (area >= zeroshot.min_mask_area), "n_painted": masks that won at least one pixel}.
     """
-    from sam_histo.eval.class_map import masks_from_records, pixel_probabilities, resolve_overlaps
+    from sam_histo.zeroshot.class_map import masks_from_records, pixel_probabilities, resolve_overlaps
 
     records = generator.generate(image)
     masks, scores = masks_from_records(records, image.shape[:2], zs_cfg.min_mask_area)
@@ -138,7 +138,7 @@ def _run_split(dataset, generator, classifier, column_ids, fill_id, zs_cfg, pred
     """Classify every image; returns (Evaluator, per-image rows, {key: prediction file})."""
     from tqdm import tqdm
 
-    from sam_histo.eval.evaluator import Evaluator
+    from sam_histo.scoring.evaluator import Evaluator
 
     spec = dataset.classes
     ev = Evaluator(spec)
@@ -163,8 +163,8 @@ def _run_split(dataset, generator, classifier, column_ids, fill_id, zs_cfg, pred
 def _clip_accuracy(classifier, dataset, clip_cfg) -> dict:
     """evaluate_clip at alpha 0 (zero-shot) and at the head's own alpha; a reason instead when the split has no
     ground-truth masks of the head's classes."""
-    from sam_histo.eval.clip_head import evaluate_clip
-    from sam_histo.eval.summary import jsonable
+    from sam_histo.zeroshot.head import evaluate_clip
+    from sam_histo.scoring.metrics_json import jsonable
 
     alphas = sorted({0.0, float(classifier.head.alpha)})
     try:
@@ -198,10 +198,10 @@ def run_zeroshot(cfg, out_dir, sam_model=None, classifier=None, split: Optional[
     ``cfg.eval.split``; dataset: a Sequence of Sample with ``.classes`` (default: ``build_dataset``).
     """
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.class_map import generator_kwargs, unassigned_id
-    from sam_histo.eval.report import write_report
-    from sam_histo.eval.text_prompts import load_prompts, prompt_file_for
-    from sam_histo.eval.zeroshot_report import append_section, zeroshot_info
+    from sam_histo.zeroshot.class_map import generator_kwargs, unassigned_id
+    from sam_histo.scoring.report import write_report
+    from sam_histo.zeroshot.text_prompts import load_prompts, prompt_file_for
+    from sam_histo.zeroshot.report import append_section, zeroshot_info
 
     import torch
 
@@ -258,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_head(cfg, out: Path):
     """`--train-head`: tune the head on the train split, point ``cfg.clip.head`` at it, return its classifier."""
     from sam_histo.data.dataset import build_dataset, class_spec
-    from sam_histo.eval.clip_classify import ClipHead, MaskClassifier
-    from sam_histo.eval.clip_train import HEAD_FILE, train_clip_head
-    from sam_histo.eval.text_prompts import prompt_file_for
+    from sam_histo.zeroshot.classify import ClipHead, MaskClassifier
+    from sam_histo.zeroshot.train_head import HEAD_FILE, train_clip_head
+    from sam_histo.zeroshot.text_prompts import prompt_file_for
 
     import torch
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sam_histo.eval.em.link import UnionFind, drop_small, relabel_sequential_3d
+from sam_histo.em.link import UnionFind, drop_small, relabel_sequential_3d
 
 
 @dataclass

@@ -5,10 +5,10 @@
          [--slide-pattern REGEX]] [clip.* / zeroshot.* overrides]
 
 The release is verified (every sha256) and loaded. Semantic releases slide windows of the model's input
-size over each image with overlap and blend them (``eval.inference.semantic_probs``), so any image size
+size over each image with overlap and blend them (``infer.image.semantic_probs``), so any image size
 works and the label map has the input's size. Prompted releases without a class-token head classify
 SAM2's automatic masks with CLIP (the bundle's tuned head, else the zero-shot classifier of its prompt
-file), as ``sam-histo zeroshot`` does. Files per image: see :mod:`sam_histo.predict_io`; images whose files
+file), as ``sam-histo zeroshot`` does. Files per image: see :mod:`sam_histo.infer.predict_io`; images whose files
 all exist are skipped, so an interrupted run continues where it stopped.
 
 Heatmaps (``--heatmap-class``): the class's probability, z-scored per slide (one image = one slide unless
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sam_histo.config import ConfigError, HeatmapConfig
 from sam_histo.data.types import DataError
-from sam_histo.predict_io import MAX_PIXELS, Outputs, list_inputs, read_image, save_npy
+from sam_histo.infer.predict_io import MAX_PIXELS, Outputs, list_inputs, read_image, save_npy
 
 
 class PredictError(ConfigError):
@@ -39,7 +39,7 @@ class PredictError(ConfigError):
 
 # ------------------------------------------------------------------------------------ the predictor
 def _semantic(release, overlap: float, batch_size: int):
-    from sam_histo.eval.inference import semantic_probs
+    from sam_histo.infer.image import semantic_probs
 
     classes = release.classes
 
@@ -52,7 +52,7 @@ def _semantic(release, overlap: float, batch_size: int):
 
 def _clip_classifier(release):
     """The bundle's CLIP head (else the zero-shot classifier of its prompt file) on the CLIP of its config."""
-    from sam_histo.eval.clip_classify import build_mask_classifier
+    from sam_histo.zeroshot.classify import build_mask_classifier
 
     cfg, files = release.config, release.info["files"]
     clip = cfg.clip
@@ -75,8 +75,8 @@ def _clip_classifier(release):
 
 
 def _prompted(release):
-    from sam_histo.eval.class_map import generator_kwargs, unassigned_id
-    from sam_histo.eval.zeroshot import classify_image
+    from sam_histo.zeroshot.class_map import generator_kwargs, unassigned_id
+    from sam_histo.zeroshot.run import classify_image
 
     cfg, classes = release.config, release.classes
     classifier = _clip_classifier(release)
@@ -112,8 +112,8 @@ def make_predictor(release, overlap: Optional[float] = None, batch_size: Optiona
 # -------------------------------------------------------------------------------------- one image
 def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.ndarray, classes,
                   prob_ids: list[int], file_name: str) -> None:
-    from sam_histo.eval.overlay import overlay, save_png
-    from sam_histo.eval.rle import encode_label_map, write_records
+    from sam_histo.infer.overlay import overlay, save_png
+    from sam_histo.infer.rle import encode_label_map, write_records
 
     if o.probs:
         for c in prob_ids:
@@ -165,8 +165,8 @@ def slide_id(key: str, pattern: Optional[str]) -> str:
 
 def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Path) -> dict:
     from sam_histo.files import write_json
-    from sam_histo.eval.heatmap import run_heatmap
-    from sam_histo.eval.overlay import save_png
+    from sam_histo.infer.heatmap import run_heatmap
+    from sam_histo.infer.overlay import save_png
 
     hcfg, threshold, source = heatmap_settings(release, class_name, args)
     scores = [np.load(o.score_npy, allow_pickle=False) for o in outputs]
@@ -228,7 +228,7 @@ def _apply_overrides(release, overrides: list[str]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from sam_histo.bundle import BundleError, load_release
+    from sam_histo.release.bundle import BundleError, load_release
     from sam_histo.files import write_json
 
     args = build_parser().parse_intermixed_args(argv)

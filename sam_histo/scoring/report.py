@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from sam_histo.data.types import ClassSpec
-from sam_histo.eval import plots
+from sam_histo.scoring import plots
 
 
 def _f(x, digits: int = 3) -> str:

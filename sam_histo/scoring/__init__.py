@@ -1,0 +1,1 @@
+"""Scoring: confusion matrix, per-class and instance metrics, the evaluator, the metrics JSON, reports and plots."""
