@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("sam_histo.eval.score", "score saved label maps or volumes against ground truth"),
     "zeroshot": ("sam_histo.zeroshot.run", "SAM2 automatic masks + CLIP prompts, scored per class"),
     "release": ("sam_histo.release.build", "bundle a run's checkpoint for others to load and verify"),
-    "predict": ("sam_histo.infer.predict", "label maps, probabilities, overlays and RLE from a release"),
+    "predict": ("sam_histo.release.predict", "label maps, probabilities, overlays and RLE from a release"),
     "bench": ("sam_histo.bench", "timings against the peer library, with the ratio"),
     "model": ("sam_histo.models.info", "model information (stage table, trainable parameters)"),
     "stain": ("sam_histo.stain.cli", "stain normalisation of a folder of tiles"),

@@ -52,7 +52,7 @@ def release_and_predict(out: Path, seed: int) -> None:
     """Release the run's best checkpoint and predict one held-out synthetic ROI (a seed the training data
     never used), larger than the model input, with probabilities and the tumour heatmap."""
     from sam_histo.data.synthetic import write_bcss
-    from sam_histo.infer.predict import main as predict
+    from sam_histo.release.predict import main as predict
     from sam_histo.release.build import make_release
 
     bundle, digest, outcome = make_release(out, out / "release", force=True)

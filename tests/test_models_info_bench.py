@@ -48,3 +48,23 @@ def test_bench_model_json_shape(capsys):
     params = [r["trainable_params"] for r in out["rows"]]
     assert params == sorted(params) and params[0] < params[-1]
     assert all(r["max_abs_diff_vs_frozen"] == 0.0 for r in out["rows"])
+
+
+def test_model_info_counts_what_the_trainer_trains_for_bcss_yaml(capsys):
+    """`model info` builds the head the trainer builds (the data's class spec), so the phase-0 trainable
+    count equals the trainer's: configs/bcss.yaml lists no data.classes, BCSS adds outside_roi."""
+    from sam_histo.config import load_config
+    from sam_histo.data.dataset import class_spec
+    from sam_histo.training.build import build_model, set_phase
+
+    overrides = ["model.arch=tiny", "model.image_size=64", "model.checkpoint=null"]
+    cfg = load_config("configs/bcss.yaml", overrides)
+    assert cfg.model.mode == "semantic"
+    model = build_model(cfg, class_spec(cfg.data))
+    counts = set_phase(model, cfg.train, cfg.train.phases[0], cfg.model.mode)
+    trainer = sum(t for t, _ in counts.values())
+    assert cli.main(["model", "info", "--config", "configs/bcss.yaml", *overrides, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_classes"] == class_spec(cfg.data).num_classes == 7
+    assert info["phases"][0]["trainable"] == trainer
+    assert "semantic_head" in info["phases"][0]["by_group"]

@@ -10,7 +10,7 @@ from scipy import ndimage
 import sam_histo
 from sam_histo.config import ConfigError, load_config
 from sam_histo.data.types import DataError
-from sam_histo.infer.predict import PredictError, main
+from sam_histo.release.predict import PredictError, main
 
 
 @pytest.fixture(scope="module")

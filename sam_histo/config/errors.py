@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import difflib
 
+from sam_histo.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key (or file) and the fix."""
+__all__ = ["ConfigError", "nearest"]
 
 
 def nearest(key: str, options) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 import yaml
 
 from sam_histo.config.errors import ConfigError, nearest
+from sam_histo.config.rules import check_rules
 from sam_histo.config.schema import Config
 
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -163,7 +164,8 @@ def config_from_dict(tree: dict, where: str = "") -> Config:
         cfg = _build(Config, tree)
     except ConfigError as e:
         raise ConfigError(f"{e}{where}") from None
-    return cfg.check()
+    check_rules(cfg)
+    return cfg
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:

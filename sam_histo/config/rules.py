@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+from sam_histo.config.datasets import dataset_kind
 from sam_histo.config.errors import ConfigError, nearest
 from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, HeatmapConfig, ZeroShotConfig
 
@@ -62,20 +63,25 @@ def check_rules(cfg: Config) -> None:
         raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
     _check_heatmap(cfg.heatmap, classes)
     _check_em(cfg.em)
-    if cfg.data.dataset == "vesicle" and (cfg.augment.hed > 0 or cfg.augment.macenko > 0
-                                          or cfg.stain.method != "none"):
-        raise ConfigError("vesicle (EM) data takes no stain operations: set augment.hed=0, augment.macenko=0, "
-                          "stain.method=none")
+    kind = dataset_kind(cfg.data.dataset)
+    if not kind.stain and (cfg.augment.hed > 0 or cfg.augment.macenko > 0 or cfg.stain.method != "none"):
+        raise ConfigError(f"{kind.name} ({kind.modality.upper()}) data takes no stain operations: set "
+                          "augment.hed=0, augment.macenko=0, stain.method=none")
 
 
 def _check_data_rules(cfg: Config) -> None:
     d = cfg.data
-    if d.split == "z" and d.dataset != "vesicle":
-        raise ConfigError(f"data.split=z splits a volume along z; data.dataset={d.dataset} needs random or institute")
-    if d.dataset == "vesicle" and d.split != "z":
-        raise ConfigError("data.dataset=vesicle cuts its volume along z: set data.split=z")
-    if d.split == "institute" and d.dataset != "bcss":
-        raise ConfigError("data.split=institute uses TCGA site codes and needs data.dataset=bcss")
+    kind = dataset_kind(d.dataset)
+    if d.split not in kind.splits:
+        if d.split == "z":
+            raise ConfigError(f"data.split=z splits a volume along z; data.dataset={d.dataset} needs "
+                              + " or ".join(kind.splits))
+        if kind.splits == ("z",):
+            raise ConfigError(f"data.dataset={d.dataset} cuts its volume along z: set data.split=z")
+        if d.split == "institute":
+            raise ConfigError("data.split=institute uses TCGA site codes and needs data.dataset=bcss")
+        raise ConfigError(f"data.split={d.split} is not supported by data.dataset={d.dataset}; use "
+                          + " or ".join(kind.splits))
     if d.split == "institute" and not (d.val_sites or d.test_sites):
         raise ConfigError("data.split=institute needs data.val_sites and/or data.test_sites (TCGA site codes)")
     both = set(d.val_sites) & set(d.test_sites)

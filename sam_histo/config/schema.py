@@ -1,6 +1,6 @@
 """The typed configuration: one dataclass per section, with defaults.
 
-YAML files list only the differences from these defaults. ``Config.check`` runs the cross-field rules of
+YAML files list only the differences from these defaults. The loader runs the cross-field rules of
 ``rules.py`` once, after overrides.
 """
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Union
+
+from sam_histo.config.datasets import KINDS
+
 
 @dataclass
 class TissueConfig:
@@ -20,7 +23,7 @@ class TissueConfig:
 
 @dataclass
 class DataConfig:
-    dataset: Literal["bcss", "lgg", "vesicle"] = "bcss"
+    dataset: Literal[tuple(KINDS)] = "bcss"  # config/datasets.py: the registered kinds
     root: str = ""
     # Trained class names in id order. For BCSS the ids start at 1 (id 0 is outside_roi, the ignore index);
     # for LGG and vesicles id 0 is background and is a real class.
@@ -379,11 +382,4 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
-
-    def check(self) -> "Config":
-        """Cross-field rules; each failure names the keys involved."""
-        from sam_histo.config.rules import check_rules
-
-        check_rules(self)
-        return self
 

@@ -145,13 +145,18 @@ def tile_origins(length: int, tile: int, stride: int) -> list[int]:
 class BCSS(Adapter):
     """Tiles of BCSS ROIs as Samples: image (T, T, 3) uint8, mask (T, T) int64 ids, 0 = outside_roi."""
 
+    @classmethod
+    def class_spec(cls, cfg) -> ClassSpec:
+        """("outside_roi", *data.classes) with ignore_index 0, from the config alone."""
+        return ClassSpec(class_names(cfg.classes), ignore_index=0)
+
     def __init__(self, cfg, split: str = "all"):
         check_split(split)
         self.cfg, self.split = cfg, split
         self.root = check_root(cfg.root, "BCSS", "images/, masks/ and gtruth_codes.tsv")
         self.table = read_code_table(self.root)
         self.lut = code_lut(self.table, cfg.classes, cfg.grouping)
-        self.classes = ClassSpec(class_names(cfg.classes), ignore_index=0)
+        self.classes = self.class_spec(cfg)
         self.tile, self.stride = cfg.tile_size, cfg.tile_stride
         self._table_key = sorted(self.table.items(), key=lambda kv: kv[1])
         self._table_key = [list(kv) for kv in self._table_key]

@@ -11,16 +11,14 @@ from typing import Optional
 
 import numpy as np
 
+from sam_histo.errors import DataError  # noqa: F401  (re-exported: data.types.DataError)
+
 # Distinct colours for overlays and reports (class id -> RGB); the ignore id is drawn black.
 PALETTE = [
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
     (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
     (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
 ]
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)

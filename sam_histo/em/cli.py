@@ -51,13 +51,14 @@ def _load(args):
 
 
 def _adapter(cfg, split: str):
+    from sam_histo.config.datasets import dataset_kind
+    from sam_histo.data.dataset import build_dataset
     from sam_histo.data.types import DataError
-    from sam_histo.data.vesicle import Vesicle
 
-    if cfg.data.dataset != "vesicle":
+    if not dataset_kind(cfg.data.dataset).volume:
         raise DataError(f"sam-histo em works on vesicle volumes; data.dataset is {cfg.data.dataset!r} "
                         "(use --config configs/vesicle.yaml)")
-    adapter = Vesicle(cfg.data, split)
+    adapter = build_dataset(cfg.data, split)
     if not len(adapter):
         raise DataError(f"split {split} has no slices (data.val_fraction={cfg.data.val_fraction}, "
                         f"data.test_fraction={cfg.data.test_fraction}): give --split all or a fraction above 0")

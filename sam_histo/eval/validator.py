@@ -17,15 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_histo.config import Config, load_config
+from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
 from sam_histo.zeroshot.class_map import unassigned_id
 from sam_histo.scoring.evaluator import Evaluator
 from sam_histo.infer.image import prompted_class_map, semantic_probs
-
-
-def modality(dataset: str) -> str:
-    return "em" if dataset == "vesicle" else "he"
 
 
 class SplitPredictor:
@@ -158,7 +155,7 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
                    checkpoint: Optional[str] = None, accelerator=None, progress: bool = True) -> dict:
     """The final evaluation of a split: ``validate`` (2-D, per class), or for vesicle volumes with
     ``eval.instances`` the 3-D instance evaluation, run on the main process and shared with the others."""
-    if not (cfg.data.dataset == "vesicle" and cfg.eval.instances):
+    if not (dataset_kind(cfg.data.dataset).volume and cfg.eval.instances):
         return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress)
     if accelerator is None or accelerator.num_processes == 1:
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)

@@ -27,9 +27,12 @@ def _m(n: int) -> str:
 
 
 def _default_classes(cfg) -> int | None:
-    if cfg.model.mode != "semantic" or not cfg.data.classes:
+    """The head size the trainer builds (training.build.build_model): the data's class spec, semantic only."""
+    if cfg.model.mode != "semantic":
         return None
-    return len(cfg.data.classes) + (1 if cfg.data.dataset == "bcss" else 0)
+    from sam_histo.data.dataset import class_spec
+
+    return class_spec(cfg.data).num_classes
 
 
 def describe(cfg, num_classes: int | None = None) -> dict:

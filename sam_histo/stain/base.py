@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sam_histo.data.types import DataError
+from sam_histo.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 

@@ -41,7 +41,7 @@ def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool
     from sam_histo.augment import build_train_transform
     from sam_histo.data.dataset import build_dataset
     from sam_histo.data.sampling import build_sampler, class_weights, compute_stats
-    from sam_histo.eval.validator import modality
+    from sam_histo.config.datasets import modality
     from sam_histo.training.samples import TrainSet, make_loader
 
     train = build_dataset(cfg.data, "train")

@@ -103,7 +103,7 @@ def make_predictor(release, overlap: Optional[float] = None, batch_size: Optiona
     if cfg.stain.method == "none":
         return core
     from sam_histo.augment import build_eval_transform
-    from sam_histo.eval.validator import modality
+    from sam_histo.config.datasets import modality
 
     transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
     return lambda image: core(transform(image=image)["image"])

@@ -1,0 +1,14 @@
+"""The two error types every layer raises for bad input: the message names the key or file and the fix.
+
+Kept at the bottom of the package so that any module (config, stain, data, models, ...) can raise them
+without importing a layer above it; ``sam-histo`` turns both into one line and exit code 2.
+"""
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (or file) and the fix."""
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the fix."""
