@@ -23,34 +23,36 @@ it), so ``nms_thresh`` acts below 0.5: lower values also suppress masks that ove
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 import numpy as np
+
+from sam_histo.config.schema import EmConfig
 
 # A candidate must bring at least this share of its own pixels that no earlier (better) mask holds.
 MIN_FREE_SHARE = 0.5
 
 
-@dataclass(frozen=True)
-class DecodeParams:
-    """One decoding setting; see the module docstring. Logit units for the thresholds on logits."""
+# The decoding fields of EmConfig (cfg.em): DecodeParams takes their names, types and defaults from there,
+# so a default changes in one place.
+DECODE_KEYS = ("mask_threshold", "iou_thresh", "stability_thresh", "stability_offset", "nms_thresh",
+               "min_size", "max_size")
 
-    mask_threshold: float = 0.0
-    iou_thresh: float = 0.5
-    stability_thresh: float = 0.8
-    stability_offset: float = 1.0
-    nms_thresh: float = 0.5
-    min_size: int = 15
-    max_size: int = 0
 
-    @classmethod
-    def from_config(cls, em, **overrides) -> "DecodeParams":
-        """From an EmConfig (``cfg.em``), with keyword overrides (the sweep's settings)."""
-        keys = ("mask_threshold", "iou_thresh", "stability_thresh", "stability_offset", "nms_thresh",
-                "min_size", "max_size")
-        values = {k: getattr(em, k) for k in keys}
-        values.update(overrides)
-        return cls(**values)
+def _from_config(cls, em, **overrides) -> "DecodeParams":
+    """From an EmConfig (``cfg.em``), with keyword overrides (the sweep's settings)."""
+    return cls(**{**{k: getattr(em, k) for k in DECODE_KEYS}, **overrides})
+
+
+DecodeParams = make_dataclass(
+    "DecodeParams",
+    [(k, EmConfig.__dataclass_fields__[k].type, field(default=EmConfig.__dataclass_fields__[k].default))
+     for k in DECODE_KEYS],
+    frozen=True, namespace={"from_config": classmethod(_from_config),
+                            "__doc__": "One decoding setting (the module docstring); logit units for thresholds "
+                                       "on logits. Fields and defaults: EmConfig's decoding keys.",
+                            "__module__": __name__},
+)
 
 
 @dataclass

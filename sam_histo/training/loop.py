@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -185,7 +186,7 @@ def train_micro_batch(run: Run, batch, sync: bool) -> float:
 
     Every process learns whether the loss was finite on all of them, so all skip the same steps."""
     cfg, acc = run.cfg, run.accelerator
-    with acc.no_sync(run.wrapped) if not sync and acc.num_processes > 1 else _null():
+    with acc.no_sync(run.wrapped) if not sync and acc.num_processes > 1 else nullcontext():
         with acc.autocast():
             losses = batch_loss(run.wrapped, batch, cfg.model.mode, run.data.class_weights, cfg.train.loss,
                                 run.data.classes.ignore_index, acc.device)
@@ -291,11 +292,3 @@ def finish(run: Run, status: str) -> dict:
     run.jsonl.write({"event": "end", **{k: v for k, v in result.items() if k not in ("val", "test")}})
     acc.end_training()
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
