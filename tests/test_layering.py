@@ -89,3 +89,18 @@ def test_no_folder_over_about_a_dozen_modules(limit):
     big = {str(d.relative_to(PKG.parent)): n for d in [PKG, *[p for p in PKG.rglob("*") if p.is_dir()]]
            if (n := len([f for f in d.glob("*.py") if f.name != "__init__.py"])) > limit}
     assert big == {}
+
+
+def test_functions_under_60_lines_and_modules_under_400():
+    """docs/DESIGN.md section 2 size limits: past them, split along a responsibility."""
+    too_long = []
+    for path in sorted(PKG.rglob("*.py")):
+        text = path.read_text()
+        name = str(path.relative_to(PKG.parent))
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{name}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 60:
+                    too_long.append(f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert too_long == []
