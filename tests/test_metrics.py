@@ -48,6 +48,50 @@ def test_confusion_counts_match_sklearn_and_torchmetrics(dtype, kind):
     assert ours.dtype == np.int64 and ours[K].sum() == 0
 
 
+def _plain_bincount(pred, target, n, ignore):
+    """The reviewer's two lines, in int64: bincount of the flattened codes, then the ignore row zeroed."""
+    c = np.bincount((target.astype(np.int64) * n + pred.astype(np.int64)).ravel(), minlength=n * n)
+    c = c.reshape(n, n)
+    if ignore is not None:
+        c[ignore] = 0
+    return c
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 1 << 17])  # several chunks, odd chunks, one chunk
+def test_fast_path_equals_plain_bincount(monkeypatch, chunk):
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 6, 7, 11, 12):  # 12: C*C above the pair-counting limit
+        for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64):
+            for shape in ((1,), (5, 9), (33, 31), (2, 17, 19)):  # odd and even pixel counts
+                target, pred = rng.integers(0, n, shape).astype(dtype), rng.integers(0, n, shape).astype(dtype)
+                ignore = int(rng.integers(0, n)) if n > 1 else None
+                expected = _plain_bincount(pred, target, n, ignore)
+                np.testing.assert_array_equal(M.confusion_counts(pred, target, n, ignore), expected)
+                t_t, p_t = torch.from_numpy(target), torch.from_numpy(pred)
+                np.testing.assert_array_equal(M.confusion_counts(p_t, t_t, n, ignore), expected)
+        big_t, big_p = rng.integers(0, n, (40, 60)), rng.integers(0, n, (60, 40))
+        np.testing.assert_array_equal(M.confusion_counts(big_p.T[:, ::3], big_t[:, ::3], n),  # non-contiguous
+                                      _plain_bincount(big_p.T[:, ::3], big_t[:, ::3], n, None))
+
+
+@pytest.mark.parametrize("chunk", [64, 1 << 17])
+def test_fast_path_refuses_an_out_of_range_id_anywhere(monkeypatch, chunk):
+    """One bad pixel, last of 1000, is found whatever the dtype (a uint8 cast would wrap 256 to a valid 0)."""
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    for dtype, bad in ((np.uint8, 6), (np.uint8, 255), (np.int64, 6), (np.int64, 256), (np.int64, -1),
+                       (np.int8, -3), (np.uint16, 262), (np.int32, 2**20 + 1)):
+        ok = np.ones(1000, dtype)
+        wrong = ok.copy()
+        wrong[-1] = bad
+        for args, name in (((wrong, ok), "pred"), ((ok, wrong), "target")):
+            with pytest.raises(ValueError, match=f"{name} holds id {bad}, outside 0..5"):
+                M.confusion_counts(*args, C, K)
+            with pytest.raises(ValueError, match=f"{name} holds id {bad}, outside 0..5"):
+                M.confusion_counts(*(torch.from_numpy(a.astype(np.int32) if dtype == np.uint16 else a)
+                                     for a in args), C, K)
+
+
 def test_many_classes_path_and_no_ignore():
     rng = np.random.default_rng(2)
     n = 21  # C*C > 256: the int32 index path

@@ -84,6 +84,12 @@ def _index_dtype(c2: int):
     return "uint8" if c2 <= 256 else "int32" if c2 < 2**31 else "int64"
 
 
+# Pixels per pass of the CPU path: a chunk of both maps (int64: 2 x 1 MiB) is read once from memory and
+# its narrowed copies and codes stay in cache for the passes that follow.
+_CHUNK = 1 << 17
+_PAIRED_MAX_CODES = 128  # pair counting needs 256 * C * C < 2**15 (int16 indices): C <= 11
+
+
 def _checked_cast(x: np.ndarray, dtype: np.dtype, num_classes: int, name: str) -> np.ndarray:
     """``x`` as ``dtype`` after checking every id is in 0..num_classes-1 (ValueError naming the bad id).
 
@@ -99,9 +105,65 @@ def _checked_cast(x: np.ndarray, dtype: np.dtype, num_classes: int, name: str) -
     return y
 
 
-def _counts_cpu(p: np.ndarray, t: np.ndarray, num_classes: int) -> torch.Tensor:
-    # numpy for the checks and the index (single-threaded SIMD: robust when the CPU is shared, where torch's
-    # threaded element-wise ops stall), torch.bincount for the counting (about 2x numpy's on uint8).
+def _narrow(x: np.ndarray, num_classes: int, name: str) -> np.ndarray:
+    """``x`` as uint8 after checking every id is in 0..num_classes-1 (ValueError naming the bad id).
+
+    One bitwise-OR pass proves the cast lossless (no negative value, no bit above 255); the OR is also an
+    upper bound of the ids, so the exact max pass on the narrow copy runs only when the OR reaches
+    ``num_classes``. uint8 input needs the max pass alone.
+    """
+    bound = 255
+    if x.dtype != np.uint8:
+        bound = int(np.bitwise_or.reduce(x, axis=None))
+        if bound < 0 or bound > 255:
+            _check_range(x, num_classes, name)  # raises, with the offending id
+        x = x.astype(np.uint8)
+    if bound >= num_classes:
+        _range_error(0, int(x.max()), num_classes, name)
+    return x
+
+
+def _paired_counts(p: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C*C,) int64 counts of the codes ``t * C + p`` for C*C <= 128, counting two pixels per increment.
+
+    Chunk by chunk: narrow both maps to uint8 (checked), write the uint8 codes into one buffer, and read
+    that buffer as int16, so each element holds the codes of two neighbouring pixels (``even + 256 * odd``
+    on little-endian machines, swapped on big-endian ones; the fold below is symmetric). ``torch.bincount``
+    of those pair indices then does half the increments of a per-pixel count, and the fold adds each pair
+    bin to both of its pixels' codes. An odd chunk is padded with code 0, which is subtracted again.
+    """
+    k = num_classes * num_classes
+    t, p = t.reshape(-1), p.reshape(-1)  # a copy only for non-contiguous maps
+    n = t.size
+    buf = np.empty(min(n, _CHUNK) + 2, np.uint8)
+    hist, pads = None, 0
+    for s in range(0, n, _CHUNK):
+        tc = _narrow(t[s:s + _CHUNK], num_classes, "target")
+        pc = _narrow(p[s:s + _CHUNK], num_classes, "pred")
+        m = tc.size
+        code = buf[:m + (m & 1)]
+        np.multiply(tc, np.uint8(num_classes), out=code[:m])
+        np.add(code[:m], pc, out=code[:m])
+        if m & 1:
+            code[m] = 0
+            pads += 1
+        h = torch.bincount(torch.from_numpy(code.view(np.int16)), minlength=256 * k)
+        hist = h if hist is None else hist.add_(h)
+    pair = hist.numpy().reshape(k, 256)  # [odd code, even code] (little-endian)
+    counts = pair.sum(1) + pair[:, :k].sum(0)
+    counts[0] -= pads
+    return counts
+
+
+def _counts_cpu(p: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C*C,) int64 counts of ``t * C + p`` on the CPU, ids checked.
+
+    numpy for the checks and the codes (single-threaded SIMD: robust when the CPU is shared, where torch's
+    threaded element-wise ops stall), torch.bincount for the counting (about 2x numpy's, which first copies
+    its input to int64).
+    """
+    if num_classes * num_classes <= _PAIRED_MAX_CODES:
+        return _paired_counts(p, t, num_classes)
     dtype = np.dtype(_index_dtype(num_classes * num_classes))
     idx = _checked_cast(t, dtype, num_classes, "target")
     if idx is t:  # no copy was made: never write into the caller's array
@@ -109,7 +171,7 @@ def _counts_cpu(p: np.ndarray, t: np.ndarray, num_classes: int) -> torch.Tensor:
     else:
         idx *= dtype.type(num_classes)
     idx += _checked_cast(p, dtype, num_classes, "pred")  # exact: values <= C*C-1 fit the dtype
-    return torch.bincount(torch.from_numpy(idx.reshape(-1)), minlength=num_classes * num_classes)
+    return torch.bincount(torch.from_numpy(idx.reshape(-1)), minlength=num_classes * num_classes).numpy()
 
 
 def _counts_torch(p: torch.Tensor, t: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -127,8 +189,9 @@ def confusion_counts(pred: Array, target: Array, num_classes: int, ignore_index:
     the ignore id's row zero (those pixels dropped from both sides). Ids out of range raise ValueError.
 
     Speed: one ``target * C + pred`` and one ``bincount``; ignore pixels need no boolean mask because they
-    all land in row ``ignore_index``, which is zeroed afterwards. For C <= 16 the index fits in uint8
-    (C*C <= 256), so the index pass and the bincount read 8x fewer bytes than with int64.
+    all land in row ``ignore_index``, which is zeroed afterwards. On the CPU the maps are narrowed to uint8
+    (range checked) chunk by chunk so each chunk is read from memory once, and for C <= 11 two pixels'
+    codes are counted per increment (see ``_paired_counts``). For C <= 16 the index fits in uint8.
     """
     if ignore_index is not None and not 0 <= ignore_index < num_classes:
         raise ValueError(f"ignore_index {ignore_index} is not an id in 0..{num_classes - 1}")
@@ -142,8 +205,11 @@ def confusion_counts(pred: Array, target: Array, num_classes: int, ignore_index:
     if on_device:
         _check_range(t, num_classes, "target")
         _check_range(p, num_classes, "pred")
-    counts = (_counts_torch if on_device else _counts_cpu)(p, t, num_classes)
-    counts = counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64, copy=False)
+    if on_device:
+        counts = _counts_torch(p, t, num_classes).cpu().numpy()
+    else:
+        counts = _counts_cpu(p, t, num_classes)
+    counts = counts.reshape(num_classes, num_classes).astype(np.int64, copy=False)
     if ignore_index is not None:
         counts[ignore_index, :] = 0
     return counts
