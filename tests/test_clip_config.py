@@ -40,3 +40,10 @@ def test_zeroshot_benchmark_runs_and_agrees(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["name"] == "zeroshot" and out["masks"] == 4 and out["texts"] == 50
     assert out["agreement"] < 1e-5 and out["ratio"] == pytest.approx(out["ours_per_s"] / out["peer_per_s"])
+    assert out["peer"] == "one image call per mask, text embeddings computed once"
+    secs = out["s_per_image"]
+    assert set(secs) == {"ours", out["peer"], "batched masks, crops cut one by one, text once",
+                         "prompts re-encoded per mask (old peer, not a fair baseline; extrapolated)"}
+    assert out["ratio_vs_batched_loop"] == pytest.approx(secs["batched masks, crops cut one by one, text once"]
+                                                         / secs["ours"])
+    assert len(out["saving"]) == 3 and all(v > 0 for v in out["saving"].values())

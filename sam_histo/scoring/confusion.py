@@ -149,8 +149,8 @@ def _paired_counts(p: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray
             pads += 1
         h = torch.bincount(torch.from_numpy(code.view(np.int16)), minlength=256 * k)
         hist = h if hist is None else hist.add_(h)
-    pair = hist.numpy().reshape(k, 256)  # [odd code, even code] (little-endian)
-    counts = pair.sum(1) + pair[:, :k].sum(0)
+    pair = hist.numpy().reshape(k, 256)[:, :k]  # [odd code, even code] (little-endian); columns >= k are 0
+    counts = pair.sum(1) + pair.sum(0)
     counts[0] -= pads
     return counts
 
