@@ -19,7 +19,9 @@ BENCHMARKS = {
     "model": "SAM2 training step per unfreeze stage and image size; frozen vs fully trainable encoder",
     "validator": "confusion-matrix update, ours vs scikit-learn and torchmetrics",
     "train": "our training step vs a bare PyTorch loop around the same model and loss",
-    "zeroshot": "batched, cached CLIP mask classification vs one model call per mask",
+    "zeroshot": "batched, cached CLIP mask classification vs the straightforward per-mask and batched loops",
+    "predict": "sam-histo predict seconds and peak RSS at 1k, 4k and 8k px tiles (tiny model, one process each)",
+    "loader": "BCSS adapter (and training sample pipeline) samples/s over 1000-2000 px ROIs at 256 px tiles",
 }
 
 
