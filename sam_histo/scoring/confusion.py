@@ -84,9 +84,9 @@ def _index_dtype(c2: int):
     return "uint8" if c2 <= 256 else "int32" if c2 < 2**31 else "int64"
 
 
-# Pixels per pass of the CPU path: a chunk of both maps (int64: 2 x 1 MiB) is read once from memory and
+# Pixels per pass of the CPU path: a chunk of both maps (int64: 2 x 2 MiB) is read once from memory and
 # its narrowed copies and codes stay in cache for the passes that follow.
-_CHUNK = 1 << 17
+_CHUNK = 1 << 18
 _PAIRED_MAX_CODES = 128  # pair counting needs 256 * C * C < 2**15 (int16 indices): C <= 11
 
 
