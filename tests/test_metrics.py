@@ -11,6 +11,7 @@ from torchmetrics.classification import (
 )
 
 from sam_histo.scoring import confusion as M
+from sam_histo.scoring import counting
 
 C, K = 6, 0  # ids 0..5, id 0 ignored (like BCSS outside_roi)
 
@@ -59,7 +60,7 @@ def _plain_bincount(pred, target, n, ignore):
 
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 17])  # several chunks, odd chunks, one chunk
 def test_fast_path_equals_plain_bincount(monkeypatch, chunk):
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(counting, "_CHUNK", chunk)
     rng = np.random.default_rng(7)
     for n in (1, 2, 3, 6, 7, 11, 12):  # 12: C*C above the pair-counting limit
         for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64):
@@ -78,7 +79,7 @@ def test_fast_path_equals_plain_bincount(monkeypatch, chunk):
 @pytest.mark.parametrize("chunk", [64, 1 << 17])
 def test_fast_path_refuses_an_out_of_range_id_anywhere(monkeypatch, chunk):
     """One bad pixel, last of 1000, is found whatever the dtype (a uint8 cast would wrap 256 to a valid 0)."""
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(counting, "_CHUNK", chunk)
     for dtype, bad in ((np.uint8, 6), (np.uint8, 255), (np.int64, 6), (np.int64, 256), (np.int64, -1),
                        (np.int8, -3), (np.uint16, 262), (np.int32, 2**20 + 1)):
         ok = np.ones(1000, dtype)
