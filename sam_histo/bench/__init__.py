@@ -17,7 +17,7 @@ import time
 BENCHMARKS = {
     "stain": "Macenko normalisation: fit + transform of real H&E tiles, ours vs torchstain (numpy)",
     "model": "SAM2 training step per unfreeze stage and image size; frozen vs fully trainable encoder",
-    "validator": "confusion-matrix update, ours vs scikit-learn and torchmetrics",
+    "validator": "confusion-matrix update, ours vs scikit-learn, torchmetrics, the numpy bincount line and a copy",
     "train": "our training step vs a bare PyTorch loop around the same model and loss",
     "zeroshot": "batched, cached CLIP mask classification vs the straightforward per-mask and batched loops",
     "predict": "sam-histo predict seconds and peak RSS at 1k, 4k and 8k px tiles (tiny model, one process each)",

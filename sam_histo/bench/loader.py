@@ -35,7 +35,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--roi-sizes", default="1024,1536,2048", help="synthetic ROI sides (default 1024,1536,2048)")
     parser.add_argument("--tile", type=int, default=256, help="tile (crop) size in pixels (default 256)")
     parser.add_argument("--monuseg", default=None,
-                        help="folder of the MoNuSeg tiles (default: $SAM_HISTO_MONUSEG or the shared copy); 'none' skips")
+                        help="folder of the MoNuSeg tiles (default: $SAM_HISTO_MONUSEG or the shared copy); "
+                             "'none' skips them")
     parser.add_argument("--repeat", type=int, default=3, help="rounds per contender (best is kept)")
 
 

@@ -37,7 +37,8 @@ TRAIN_OVERRIDES = [
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--sizes", default="1024,4096,8192", help="square tile sides in pixels (default 1024,4096,8192)")
+    parser.add_argument("--sizes", default="1024,4096,8192",
+                        help="square tile sides in pixels (default 1024,4096,8192)")
     parser.add_argument("--image-size", type=int, default=128, help="the model's input (window) size (default 128)")
     parser.add_argument("--threads", type=int, default=1, help="OMP/torch threads of each predict process (default 1)")
     parser.add_argument("--release", default=None, help="time this release instead of building a tiny one")
