@@ -5,8 +5,11 @@ Per input image ``KEY`` (its path relative to ``--input`` without the suffix, so
     labels/KEY.png          class ids, single channel (uint8; uint16 from 256 classes on)
     overlays/KEY.png        the label map over the image in the class colours        (--overlay, default on)
     rle/KEY.json            COCO-style result records, one per class present         (--rle, default on)
-    probs/KEY/CLASS.png     per-class probability, uint8 = round(255 * p)            (--probs)
-    scores/KEY.CLASS.npy    float32 probability of the heatmap class                 (--heatmap-class)
+    probs/KEY/ID_CLASS.png  per-class probability, uint8 = round(255 * p)            (--probs)
+    scores/KEY.ID_CLASS.npy float32 probability of the heatmap class                 (--heatmap-class)
+
+``ID_CLASS`` is the class id and its name with anything but ``A-Za-z0-9_.+-`` replaced by ``_`` (e.g.
+``1_tumor``): a class name from a bundle never becomes a path.
     heatmaps/KEY.png        the cleaned heatmap, 0 / 255                             (--heatmap-class)
 
 Probability maps are 8-bit PNGs, one per class: every image viewer, ImageJ and QuPath open them, they are
@@ -17,6 +20,7 @@ model. Every file is written atomically, so an image whose files all exist is fi
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -112,28 +116,32 @@ class Outputs:
     def rle_json(self) -> Path:
         return self.out / "rle" / f"{self.key}.json"
 
-    def prob_png(self, name: str) -> Path:
-        return self.out / "probs" / self.key / f"{name}.png"
+    def class_part(self, class_id: int) -> str:
+        """``ID_NAME``: the id keeps names apart, the sanitised name keeps files readable."""
+        return f"{class_id}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.names[class_id]).lstrip('.')}"
+
+    def prob_png(self, class_id: int) -> Path:
+        return self.out / "probs" / self.key / f"{self.class_part(class_id)}.png"
 
     @property
     def score_npy(self) -> Path:
-        return self.out / "scores" / f"{self.key}.{self.heatmap_class}.npy"
+        return self.out / "scores" / f"{self.key}.{self.class_part(self.names.index(self.heatmap_class))}.npy"
 
     @property
     def heatmap_png(self) -> Path:
         return self.out / "heatmaps" / f"{self.key}.png"
 
-    def wanted(self, prob_names) -> list[Path]:
+    def wanted(self, prob_ids) -> list[Path]:
         """Every per-image file this run writes (heatmap PNGs come later, over all images of a slide)."""
         paths = [self.label]
         paths += [self.overlay_png] if self.overlay else []
         paths += [self.rle_json] if self.rle else []
-        paths += [self.prob_png(n) for n in prob_names] if self.probs else []
+        paths += [self.prob_png(c) for c in prob_ids] if self.probs else []
         paths += [self.score_npy] if self.heatmap_class else []
         return paths
 
-    def done(self, prob_names) -> bool:
-        return all(p.is_file() for p in self.wanted(prob_names))
+    def done(self, prob_ids) -> bool:
+        return all(p.is_file() for p in self.wanted(prob_ids))
 
 
 def save_npy(path: Path, array: np.ndarray) -> Path:

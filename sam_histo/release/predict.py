@@ -117,7 +117,7 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
 
     if o.probs:
         for c in prob_ids:
-            save_png(o.prob_png(classes.names[c]), np.rint(np.clip(probs[c], 0, 1) * 255).astype(np.uint8))
+            save_png(o.prob_png(c), np.rint(np.clip(probs[c], 0, 1) * 255).astype(np.uint8))
     if o.heatmap_class:
         save_npy(o.score_npy, probs[classes.id_of(o.heatmap_class)].astype(np.float32))
     if o.overlay:
@@ -248,8 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     prob_ids = classes.trained_ids
     outputs = [Outputs(args.out, key, classes.names, overlay=args.overlay, rle=args.rle, probs=args.probs,
                        heatmap_class=args.heatmap_class) for _, key in inputs]
-    prob_names = [classes.names[c] for c in prob_ids]
-    todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_names)]
+    todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
     predictor = make_predictor(release, args.overlap, args.batch_size) if todo else None
     for f, o in tqdm(todo, desc="predict", unit="image"):
         image = read_image(f, args.max_pixels)
