@@ -12,3 +12,8 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the fix."""
+
+
+class MissingSplitError(DataError):
+    """The asked-for split has no samples (e.g. ``data.val_fraction=0``): callers that report every split
+    they can skip it; anything else raised during an evaluation is a real failure and propagates."""

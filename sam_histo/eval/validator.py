@@ -20,6 +20,7 @@ from sam_histo.config import Config, load_config
 from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
+from sam_histo.errors import MissingSplitError
 from sam_histo.zeroshot.class_map import unassigned_id
 from sam_histo.scoring.evaluator import Evaluator
 from sam_histo.infer.image import prompted_class_map, semantic_probs
@@ -97,7 +98,8 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
 
     adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
-        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+        raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
+                                "data.val_fraction / data.test_fraction)")
     collector = heatmap_collector(cfg, adapter.classes)
     ev = evaluate(model, adapter, cfg, accelerator, progress, collector)
     metrics = ev.result(split=split, checkpoint=checkpoint)
@@ -144,7 +146,8 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
 
     adapter = build_dataset(cfg.data, split)
     if len(adapter) == 0:
-        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+        raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
+                                "data.val_fraction / data.test_fraction)")
     metrics = evaluate_volume(model, adapter, cfg.em, model_cfg=cfg.model, checkpoint=checkpoint, progress=progress)
     if out_dir is not None:
         write_report(metrics, out_dir, adapter.classes)
@@ -161,15 +164,18 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
     from accelerate.utils import broadcast_object_list
 
-    box = [None]
+    box, error = [None], None
     if accelerator.is_main_process:
         try:
             box = [validate_volume(model, cfg, split, out_dir, checkpoint, progress)]
-        except ValueError as e:
-            box = [str(e)]
+        except Exception as e:  # told to the other processes, which would otherwise wait forever
+            error, box = e, [(type(e) is MissingSplitError, str(e))]
     box = broadcast_object_list(box)
-    if isinstance(box[0], str):
-        raise ValueError(box[0])
+    if error is not None:
+        raise error
+    if isinstance(box[0], tuple):
+        missing, text = box[0]
+        raise MissingSplitError(text) if missing else RuntimeError(f"main process failed validating {split}: {text}")
     return box[0]
 
 
@@ -204,7 +210,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     classes = class_spec(cfg.data)
     weights = resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    metrics = validate_split(model, cfg, split, args.out, checkpoint=str(weights))
+    from sam_histo.eval.splits import evaluate_splits
+
+    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=str(weights),
+                              required=True)[0][split]
     print(headline(metrics))
     if "heatmap" in metrics:
         h = metrics["heatmap"]

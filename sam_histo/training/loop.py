@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from sam_histo.config import Config, load_config
+from sam_histo.errors import MissingSplitError
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
@@ -238,7 +239,7 @@ def validate_epoch(run: Run, epoch: int) -> bool:
     try:
         metrics = validate(run.model, cfg, "val", checkpoint=f"epoch {epoch}", accelerator=acc,
                            progress=acc.is_local_main_process, adapter=run.val_data)
-    except ValueError as e:  # no validation split: keep the last weights as the best
+    except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
@@ -270,18 +271,17 @@ def finish(run: Run, status: str) -> dict:
     if status == "preempted":
         acc.end_training()
         return result
-    from sam_histo.eval.validator import headline, validate_split
+    from sam_histo.eval.splits import evaluate_splits
+    from sam_histo.eval.validator import headline
 
     best = run.run_dir / ck.CKPT_DIR / "best"
     if (best / "model.safetensors").exists():
         ck.load_model_weights(run.model, best)
-    for split in ("val", "test"):
-        try:
-            metrics = validate_split(run.model, cfg, split, out_dir=run.run_dir / "eval" / split,
-                               checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
-                               progress=acc.is_local_main_process)
-        except ValueError:
-            continue
+    splits = ("val", "test")
+    reports, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
+                                 checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
+                                 progress=acc.is_local_main_process)
+    for split, metrics in reports.items():
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
     if cfg.clip.train_head and acc.is_main_process:
