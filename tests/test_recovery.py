@@ -43,7 +43,7 @@ def test_an_error_inside_validation_fails_the_run(tiles, tmp_path, monkeypatch):
 
 
 def test_an_empty_split_is_the_dedicated_error_skipped_by_the_reports(tiles, tmp_path, capsys):
-    from sam_histo.eval.splits import evaluate_splits
+    from sam_histo.eval.validator import evaluate_splits
     from sam_histo.models.load import load_model
 
     cfg = load_config(None, overrides(tiles, tmp_path, "noval", 1, 1))  # data.val_fraction=0

@@ -179,6 +179,24 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
     return box[0]
 
 
+def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Optional[str] = None,
+                    accelerator=None, progress: bool = True, required: bool = False) -> tuple[dict, list]:
+    """The one "evaluate these splits" helper (the trainer's final report, a release's metrics, `validate`):
+    ``({split: metrics JSON}, [splits without samples])``; ``out_dirs[split]`` also gets the report. An
+    empty split (:class:`MissingSplitError`) is skipped unless ``required``; every other error propagates,
+    so a bug or a bad tile fails the command instead of reading as "no such split"."""
+    results, missing = {}, []
+    for split in splits:
+        try:
+            results[split] = validate_split(model, cfg, split, (out_dirs or {}).get(split), checkpoint,
+                                            accelerator, progress)
+        except MissingSplitError:
+            if required:
+                raise
+            missing.append(split)
+    return results, missing
+
+
 def headline(metrics: dict) -> str:
     """One line: macro Dice / IoU over the classes present, and each class's Dice."""
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
@@ -210,8 +228,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     classes = class_spec(cfg.data)
     weights = resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    from sam_histo.eval.splits import evaluate_splits
-
     metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=str(weights),
                               required=True)[0][split]
     print(headline(metrics))

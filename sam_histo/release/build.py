@@ -221,7 +221,7 @@ def choose_metrics(run: Path, cfg: Config, weights: Path, label: str, model, rec
 
 
 def recompute_metrics(model, cfg: Config, label: str) -> dict:
-    from sam_histo.eval.splits import evaluate_splits
+    from sam_histo.eval.validator import evaluate_splits
 
     return evaluate_splits(model, cfg, ("val", "test"), checkpoint=label)[0]  # an empty split is left out
 
