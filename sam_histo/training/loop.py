@@ -271,7 +271,6 @@ def finish(run: Run, status: str) -> dict:
     if status == "preempted":
         acc.end_training()
         return result
-    from sam_histo.eval.validator import evaluate_splits
     from sam_histo.eval.validator import evaluate_splits, headline
 
     best = run.run_dir / ck.CKPT_DIR / "best"
