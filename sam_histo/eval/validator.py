@@ -197,12 +197,34 @@ def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Op
     return results, missing
 
 
+def selection_scores(metrics: dict) -> dict:
+    """The macro scores that choose the best checkpoint: the headline's (foreground when there is a
+    background class)."""
+    fg = metrics.get("foreground")
+    return fg["macro"] if fg else metrics["macro"]
+
+
+def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True) -> dict:
+    """What the trainer validates each epoch: the protocol of the final report (``validate_split``), so the
+    checkpoint chosen is the best by the numbers reported for it; 2-D splits reuse the trainer's adapter."""
+    if dataset_kind(cfg.data.dataset).volume and cfg.eval.instances:
+        return validate_split(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress)
+    return validate(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress,
+                    adapter=adapter)
+
+
 def headline(metrics: dict) -> str:
     """One line: macro Dice / IoU over the classes present, and each class's Dice."""
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     per = ", ".join(f"{k} {fmt(v['dice'])}" for k, v in metrics["per_class"].items())
-    line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} "
-            f"IoU {fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
+    fg = metrics.get("foreground")
+    if fg:  # never a headline carried by background
+        line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(fg['macro']['dice'])} IoU "
+                f"{fmt(fg['macro']['iou'])} (over {len(fg['over'])} foreground classes present; {fg['background']} "
+                f"Dice {fmt(fg['background_scores']['dice'])} apart) | {per}")
+    else:
+        line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} IoU "
+                f"{fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
     inst = metrics.get("instances")
     if inst:
         line += (f" | instances: adapted Rand error {fmt(inst['adapted_rand_error'])} (precision "

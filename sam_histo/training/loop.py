@@ -257,7 +257,7 @@ def log_train(run: Run, epoch: int, loss: float, rate: float) -> None:
 
 def validate_epoch(run: Run, epoch: int) -> bool:
     """Validate, keep the best checkpoint by the macro per-class metric; True when it is time to stop."""
-    from sam_histo.eval.validator import headline, validate
+    from sam_histo.eval.validator import epoch_metrics, headline, selection_scores
 
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
@@ -266,13 +266,12 @@ def validate_epoch(run: Run, epoch: int) -> bool:
 
         run.val_data = build_dataset(cfg.data, "val")
     try:
-        metrics = validate(run.model, cfg, "val", checkpoint=f"epoch {epoch}", accelerator=acc,
-                           progress=acc.is_local_main_process, adapter=run.val_data)
+        metrics = epoch_metrics(run.model, cfg, run.val_data, f"epoch {epoch}", acc, acc.is_local_main_process)
     except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
-    score = metrics["macro"][es.metric]
+    score = selection_scores(metrics)[es.metric]
     score = float("-inf") if score is None else score
     improved = score > (state.best if state.best is not None else float("-inf")) + es.min_delta
     if improved:
