@@ -130,6 +130,21 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
     save_png(o.label, label)
 
 
+def predict_one_streamed(release, f: Path, o: Outputs, prob_ids: list[int], args) -> bool:
+    """Semantic releases without stain normalisation: the streamed path (release.stream), memory bounded by
+    the window batch; False when the image needs the whole-image path. The size is checked from the header."""
+    from sam_histo.infer.predict_io import check_pixels
+    from sam_histo.release.stream import can_stream, predict_streamed
+
+    h, w = check_pixels(f, args.max_pixels)
+    if not can_stream(release, h, w):
+        return False
+    cfg = release.config
+    predict_streamed(release, f, o, prob_ids, cfg.eval.window_overlap if args.overlap is None else args.overlap,
+                     cfg.eval.batch_size if args.batch_size is None else args.batch_size, args.max_pixels)
+    return True
+
+
 # --------------------------------------------------------------------------------------- heatmaps
 def heatmap_settings(release, class_name: str, args) -> tuple[HeatmapConfig, float, str]:
     """(HeatmapConfig, threshold, where the threshold came from). Options given on the command line win;
@@ -249,8 +264,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     outputs = [Outputs(args.out, key, classes.names, overlay=args.overlay, rle=args.rle, probs=args.probs,
                        heatmap_class=args.heatmap_class) for _, key in inputs]
     todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
-    predictor = make_predictor(release, args.overlap, args.batch_size) if todo else None
+    predictor = None
     for f, o in tqdm(todo, desc="predict", unit="image"):
+        if predict_one_streamed(release, f, o, prob_ids, args):
+            continue
+        predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)
         label, probs = predictor(image)
         write_outputs(o, image, label, probs, classes, prob_ids, f.name)
