@@ -57,7 +57,7 @@ def predict_streamed(release, path: Path, o: Outputs, prob_ids: list[int], overl
         label = np.empty((h, w), np.uint8 if c <= 256 else np.uint16)
         over = np.empty((h, w, 3), np.uint8) if o.overlay else None
         probs_u8 = {k: np.empty((h, w), np.uint8) for k in prob_ids} if o.probs else {}
-        sums = np.zeros(c, np.float64)
+        sums, counts = np.zeros(c, np.float64), np.zeros(c, np.int64)
         score = _NpyRows(o.score_npy, h, w) if o.heatmap_class else None
         hid = classes.id_of(o.heatmap_class) if o.heatmap_class else None
         ok = False
@@ -67,6 +67,7 @@ def predict_streamed(release, path: Path, o: Outputs, prob_ids: list[int], overl
                 lab = p.argmax(0)
                 label[y0:y1] = lab
                 sums += np.bincount(lab.ravel(), weights=np.take_along_axis(p, lab[None], 0).ravel(), minlength=c)
+                counts += np.bincount(lab.ravel(), minlength=c)
                 for k, arr in probs_u8.items():
                     arr[y0:y1] = np.rint(np.clip(p[k], 0, 1) * 255)
                 if score is not None:
@@ -86,7 +87,6 @@ def predict_streamed(release, path: Path, o: Outputs, prob_ids: list[int], overl
     if over is not None:
         save_png(o.overlay_png, over)
     if o.rle:
-        counts = np.bincount(label.ravel(), minlength=c)
         present = [int(k) for k in np.flatnonzero(counts) if k != classes.ignore_index]
         scores = {k: float(sums[k] / counts[k]) for k in present}  # mean probability of its pixels
         write_records(o.rle_json, encode_label_map(label, classes.names, classes.ignore_index, scores=scores,

@@ -169,9 +169,13 @@ def fit(run: Run) -> str:
         stop = False
         if (epoch + 1) % cfg.train.val_every == 0 or last:
             stop = validate_epoch(run, epoch)
-        run.save()
+        path = run.save()
         if stop:
             return "early_stopped"
+        if not last and run.preempt.requested(run.accelerator):  # a signal during validation: stop now
+            run.accelerator.print(f"preempted: checkpoint {path} written at the end of epoch {epoch}; the next "
+                                  "run with train.resume=auto continues from it")
+            return "preempted"
     return "finished"
 
 
