@@ -35,7 +35,8 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     masks = np.asarray(masks, bool)
     out = []
     for i in range(0, masks.shape[0], CHUNK):
-        block = np.asfortranarray(np.moveaxis(masks[i:i + CHUNK], 0, -1).astype(np.uint8))
+        # bool and uint8 share one byte: one Fortran-order copy, then a view (no second full-size array)
+        block = np.asfortranarray(np.moveaxis(masks[i:i + CHUNK], 0, -1)).view(np.uint8)
         out += [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
                 for r in mask_utils.encode(block)]
     return out
