@@ -64,12 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(fn, rest: list[str], name: str) -> int:
-    from sam_histo.config import ConfigError
-    from sam_histo.data.types import DataError
+    from sam_histo.errors import ConfigError, DataError, RunError
 
     try:
         rc = fn(rest)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, RunError) as e:
         print(f"sam-histo {name}: error: {e}", file=sys.stderr)
         return 2
     return int(rc or 0)

@@ -12,3 +12,13 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """Bad input data; the message names the file and the fix."""
+
+
+class MissingSplitError(DataError):
+    """The asked-for split has no samples (e.g. ``data.val_fraction=0``): callers that report every split
+    they can skip it; anything else raised during an evaluation is a real failure and propagates."""
+
+
+class RunError(RuntimeError):
+    """An expected failure of a long command (disk full, a diverged run, a checkpoint that cannot be read):
+    the message names the cause, what survived and the fix; ``sam-histo`` prints it as one line, exit 2."""

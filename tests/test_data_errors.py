@@ -125,8 +125,8 @@ def test_on_error_skip_logs_every_file_and_the_count(tmp_path, caplog):
 
 
 def test_lgg_full_image_needs_a_mask_but_crops_do_not(tmp_path):
-    png(tmp_path / "crops" / "1234_01_IT1_preprocessed.png", np.full((16, 16, 3), 255))
-    png(tmp_path / "images" / "1234_02_LE3_preprocessed.png", np.full((16, 16, 3), 255))  # crop in images/
+    png(tmp_path / "crops" / "1234_01_IT1_preprocessed.png", np.full((16, 16, 3), (200, 100, 150)))  # tissue-pink
+    png(tmp_path / "images" / "1234_02_LE3_preprocessed.png", np.full((16, 16, 3), (200, 100, 150)))  # crop in images/
     ds = build_dataset(cfg(tmp_path, "lgg"), "all")
     assert len(ds) == 2 and all(ds.meta(i)["crop"] for i in range(2))
     png(tmp_path / "images" / "1234_03.png", np.full((16, 16, 3), 255))

@@ -11,6 +11,7 @@ from skimage.measure import label
 
 from sam_histo.config import TissueConfig, load_config
 from sam_histo.data.dataset import build_dataset
+from sam_histo.data.types import DataError
 from sam_histo.data.synthetic import render_lgg_crop, write_lgg
 from sam_histo.stain.tissue import tissue_mask
 
@@ -82,8 +83,10 @@ def test_lgg_crop_masks_cached_and_recomputed_when_thresholds_change(lgg_root, t
     assert len(first) == 3 and (folder / "manifest.json").is_file()
     build_dataset(lgg_cfg(root), "all")
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")} == first  # computed once
-    strict = build_dataset(lgg_cfg(root, "data.tissue.sat_min=254"), "all")  # nothing is that saturated
-    assert all((strict.label(i) == 0).all() for i in crops)
+    with pytest.raises(DataError, match="its tissue mask is empty"):  # nothing is that saturated: refused,
+        build_dataset(lgg_cfg(root, "data.tissue.sat_min=254"), "all")  # never silently all background
+    strict = build_dataset(lgg_cfg(root, "data.tissue.sat_min=254", "data.on_error=skip"), "all")
+    assert not any(strict.meta(i)["crop"] for i in range(len(strict))) and len(strict) == len(ds) - len(crops)
     assert len(list(folder.glob("*.png"))) == 3
 
 

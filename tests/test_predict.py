@@ -57,8 +57,8 @@ def test_predict_large_image_writes_every_output_at_its_size(bundle, release, tm
         c = r["category_id"]
         assert r["image_id"] == "big" and r["score"] == pytest.approx(probs[c][label == c].mean())
     for c, name in enumerate(release.classes.names[1:], start=1):
-        np.testing.assert_array_equal(_png(tmp_path / f"o/probs/big/{name}.png"), np.rint(probs[c] * 255))
-    assert not (tmp_path / "o/probs/big/outside_roi.png").exists()
+        np.testing.assert_array_equal(_png(tmp_path / f"o/probs/big/{c}_{name}.png"), np.rint(probs[c] * 255))
+    assert not (tmp_path / "o/probs/big/0_outside_roi.png").exists()
     assert _png(tmp_path / "o/overlays/big.png").shape == (150, 200, 3)
 
 
@@ -102,7 +102,7 @@ def test_predict_heatmap_is_the_zscore_threshold_cleanup_of_the_class_probabilit
     for slide, keys in (("s1", ["s1_a", "s1_b"]), ("s2", ["s2_a"])):
         pooled = np.concatenate([tumor[k].ravel() for k in keys]).astype(np.float64)
         for k in keys:
-            np.testing.assert_array_equal(np.load(out / f"scores/{k}.tumor.npy"), tumor[k])
+            np.testing.assert_array_equal(np.load(out / f"scores/{k}.1_tumor.npy"), tumor[k])
             mask = (tumor[k] - pooled.mean()) / pooled.std() >= 0.3
             lab, n = ndimage.label(mask)
             sizes = ndimage.sum(mask, lab, range(1, n + 1))

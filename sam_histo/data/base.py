@@ -116,6 +116,40 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read the image ({e}); re-export it as PNG or remove it") from None
 
 
+def check_decodes(path: Path) -> None:
+    """Decode the whole image once (a truncated or corrupt file passes the header read and fails only
+    here): a DataError now, at indexing, instead of at the training step that first reads it."""
+    read_rgb(path)
+
+
+class DecodeCache:
+    """Which images decoded completely, keyed by name with their (size, mtime) stamp, in one JSON file of
+    the cache folder: every image is decoded once, not at every index build."""
+
+    def __init__(self, cache_dir: Optional[Path], name: str):
+        import json
+
+        self.path = cache_dir / name if cache_dir is not None else None
+        try:
+            self.seen = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+        except (OSError, ValueError):
+            self.seen = {}  # a broken cache is rebuilt
+        self.changed = False
+
+    def check(self, path: Path) -> None:
+        st = path.stat()
+        stamp = [st.st_size, st.st_mtime_ns]
+        if self.seen.get(path.name) != stamp:
+            check_decodes(path)
+            self.seen[path.name], self.changed = stamp, True
+
+    def save(self) -> None:
+        if self.changed and self.path is not None:
+            from sam_histo.files import write_json
+
+            write_json(self.path, self.seen)
+
+
 def read_codes(path: Path) -> np.ndarray:
     """A label PNG as (H, W) uint8 codes; palette images keep their indices, RGB masks are refused."""
     from PIL import Image, UnidentifiedImageError

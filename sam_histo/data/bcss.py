@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sam_histo.data.base import (Adapter, Problems, cache_root, check_root, check_split, guard, image_size,
-                                 list_images, log, read_codes, read_rgb)
+from sam_histo.data.base import (Adapter, Problems, cache_root, check_decodes, check_root, check_split, guard,
+                                 image_size, list_images, log, read_codes, read_rgb)
 from sam_histo.data.splits import split_by_slide
 from sam_histo.data.types import ClassSpec, DataError, Sample
 from sam_histo.files import write_json
@@ -198,9 +198,10 @@ class BCSS(Adapter):
             raise DataError(f"{img}: no mask {mask}; every BCSS image needs masks/<same name>")
         stamp = [_stamp(img), _stamp(mask)]
         old = cached.get(img.name)
-        if old and old.get("stamp") == stamp and old.get("table") == self._table_key:
+        if old and old.get("stamp") == stamp and old.get("table") == self._table_key and old.get("decoded"):
             return old
         h, w = image_size(img)
+        check_decodes(img)  # once per file version: the record below caches that it decoded
         codes = read_codes(mask)
         if codes.shape != (h, w):
             raise DataError(f"{img}: image is {w}x{h} but its mask {mask} is {codes.shape[1]}x{codes.shape[0]}; "
@@ -217,7 +218,8 @@ class BCSS(Adapter):
                 hist = np.bincount(codes[y:y + self.tile, x:x + self.tile].ravel(), minlength=n)[:n]
                 if hist[1:].any():  # at least one in-ROI pixel
                     tiles.append([y, x, hist.tolist()])
-        return {"name": img.name, "stamp": stamp, "shape": [h, w], "table": self._table_key, "tiles": tiles}
+        return {"name": img.name, "stamp": stamp, "shape": [h, w], "table": self._table_key, "tiles": tiles,
+                "decoded": True}
 
     # ------------------------------------------------------------------------------------ access
     def _file(self, kind: str, path: Path) -> np.ndarray:

@@ -7,6 +7,7 @@ cache it as JSON (e.g. in the run folder) keyed by the dataset's fingerprint.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -14,6 +15,8 @@ from typing import Optional
 import numpy as np
 
 from sam_histo.data.types import ClassSpec
+
+log = logging.getLogger("sam_histo.data")
 
 
 @dataclass
@@ -134,6 +137,10 @@ def class_weights(stats: ClassStats, cfg) -> np.ndarray:
         raw = np.clip(raw, cfg.clip[0], cfg.clip[1])
         w[present] = raw / raw.mean()
     trained = [n for i, n in enumerate(stats.names) if i != stats.ignore_index]
+    absent = [n for i, n in enumerate(stats.names) if i != stats.ignore_index and not present[i]]
+    if absent:
+        log.warning("class(es) %s appear in no mask of this split: weight 1, and the model cannot learn them "
+                    "from it; check data.classes / data.grouping or the split fractions", ", ".join(absent))
     _check_names(cfg.override, trained, "sampling.class_weights.override")
     for name, value in cfg.override.items():
         w[stats.names.index(name)] = value

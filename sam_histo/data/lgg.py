@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sam_histo.data.base import (Adapter, Problems, cache_root, check_root, check_split, guard, image_size,
-                                 list_images, log, read_codes, read_rgb)
+from sam_histo.data.base import (Adapter, DecodeCache, Problems, cache_root, check_root, check_split, guard,
+                                 image_size, list_images, log, read_codes, read_rgb)
 from sam_histo.data.splits import split_by_slide
 from sam_histo.data.types import ClassSpec, DataError, Sample
 from sam_histo.files import atomic_path, write_json
@@ -74,25 +74,28 @@ class LGG(Adapter):
                             "crops/<slide>_<n>_<CT|LE|IT><k>_preprocessed.png")
         problems = Problems(self.cfg.on_error, "LGG index")
         records, crop_paths = [], list(crops)
+        decoded = DecodeCache(cache_root(self.root, self.cfg.cache_dir), "lgg_decoded.json")
         for img in tqdm(images, desc="LGG index", leave=False):
             mask = self.root / "masks" / img.name
             if not mask.is_file() and crop_class(img.name) is not None:
                 crop_paths.append(img)
                 continue
-            rec = guard(problems, img, self._full_record, img, mask)
+            rec = guard(problems, img, self._full_record, img, mask, decoded)
             if rec is not None:
                 records.append(rec)
+        decoded.save()
         records += self._crop_records(crop_paths, problems)
         problems.finish()
         if not records:
             raise DataError(f"{self.root}: every LGG image was skipped; see the warnings above")
         return records
 
-    def _full_record(self, img: Path, mask: Path) -> dict:
+    def _full_record(self, img: Path, mask: Path, decoded: DecodeCache) -> dict:
         if not mask.is_file():
             raise DataError(f"{img}: no mask {mask}; full LGG images need masks/<same name> "
                             "(only crops named <slide>_<n>_<CT|LE|IT><k>_preprocessed.png may lack one)")
         h, w = image_size(img)
+        decoded.check(img)
         codes = read_codes(mask)
         if codes.shape != (h, w):
             raise DataError(f"{img}: image is {w}x{h} but its mask {mask} is {codes.shape[1]}x{codes.shape[0]}; "
@@ -150,6 +153,10 @@ class LGG(Adapter):
             made = 1
         codes = read_codes(out)
         counts = np.bincount(codes.ravel(), minlength=len(NAMES))[: len(NAMES)].astype(np.int64)
+        if counts[cls] == 0:
+            raise DataError(f"{img}: its tissue mask is empty (no pixel passes data.tissue thresholds), so the "
+                            f"{NAMES[cls]} crop would train as all background; check the crop, lower "
+                            "data.tissue.sat_min / raise data.tissue.val_max, or set data.on_error=skip")
         return {"image": img, "mask": out, "slide": slide_of(img.name), "crop": True, "counts": counts,
                 "made": made}
 

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="train", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--cache", help="JSON file to cache the counts in (reused while the data is unchanged)")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides may follow the options (stats --split all data.x=y)
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data, args.split)
     stats = compute_stats(dataset, args.cache, progress=not args.json)

@@ -20,6 +20,7 @@ from sam_histo.config import Config, load_config
 from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
+from sam_histo.errors import MissingSplitError
 from sam_histo.zeroshot.class_map import unassigned_id
 from sam_histo.scoring.evaluator import Evaluator
 from sam_histo.infer.image import prompted_class_map, semantic_probs
@@ -97,7 +98,8 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
 
     adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
-        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+        raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
+                                "data.val_fraction / data.test_fraction)")
     collector = heatmap_collector(cfg, adapter.classes)
     ev = evaluate(model, adapter, cfg, accelerator, progress, collector)
     metrics = ev.result(split=split, checkpoint=checkpoint)
@@ -144,7 +146,8 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
 
     adapter = build_dataset(cfg.data, split)
     if len(adapter) == 0:
-        raise ValueError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate")
+        raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
+                                "data.val_fraction / data.test_fraction)")
     metrics = evaluate_volume(model, adapter, cfg.em, model_cfg=cfg.model, checkpoint=checkpoint, progress=progress)
     if out_dir is not None:
         write_report(metrics, out_dir, adapter.classes)
@@ -161,24 +164,67 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
     from accelerate.utils import broadcast_object_list
 
-    box = [None]
+    box, error = [None], None
     if accelerator.is_main_process:
         try:
             box = [validate_volume(model, cfg, split, out_dir, checkpoint, progress)]
-        except ValueError as e:
-            box = [str(e)]
+        except Exception as e:  # told to the other processes, which would otherwise wait forever
+            error, box = e, [(type(e) is MissingSplitError, str(e))]
     box = broadcast_object_list(box)
-    if isinstance(box[0], str):
-        raise ValueError(box[0])
+    if error is not None:
+        raise error
+    if isinstance(box[0], tuple):
+        missing, text = box[0]
+        raise MissingSplitError(text) if missing else RuntimeError(f"main process failed validating {split}: {text}")
     return box[0]
+
+
+def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Optional[str] = None,
+                    accelerator=None, progress: bool = True, required: bool = False) -> tuple[dict, list]:
+    """The one "evaluate these splits" helper (the trainer's final report, a release's metrics, `validate`):
+    ``({split: metrics JSON}, [splits without samples])``; ``out_dirs[split]`` also gets the report. An
+    empty split (:class:`MissingSplitError`) is skipped unless ``required``; every other error propagates,
+    so a bug or a bad tile fails the command instead of reading as "no such split"."""
+    results, missing = {}, []
+    for split in splits:
+        try:
+            results[split] = validate_split(model, cfg, split, (out_dirs or {}).get(split), checkpoint,
+                                            accelerator, progress)
+        except MissingSplitError:
+            if required:
+                raise
+            missing.append(split)
+    return results, missing
+
+
+def selection_scores(metrics: dict) -> dict:
+    """The macro scores that choose the best checkpoint: the headline's (foreground when there is a
+    background class)."""
+    fg = metrics.get("foreground")
+    return fg["macro"] if fg else metrics["macro"]
+
+
+def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True) -> dict:
+    """What the trainer validates each epoch: the protocol of the final report (``validate_split``), so the
+    checkpoint chosen is the best by the numbers reported for it; 2-D splits reuse the trainer's adapter."""
+    if dataset_kind(cfg.data.dataset).volume and cfg.eval.instances:
+        return validate_split(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress)
+    return validate(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress,
+                    adapter=adapter)
 
 
 def headline(metrics: dict) -> str:
     """One line: macro Dice / IoU over the classes present, and each class's Dice."""
     fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
     per = ", ".join(f"{k} {fmt(v['dice'])}" for k, v in metrics["per_class"].items())
-    line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} "
-            f"IoU {fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
+    fg = metrics.get("foreground")
+    if fg:  # never a headline carried by background
+        line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(fg['macro']['dice'])} IoU "
+                f"{fmt(fg['macro']['iou'])} (over {len(fg['over'])} foreground classes present; {fg['background']} "
+                f"Dice {fmt(fg['background_scores']['dice'])} apart) | {per}")
+    else:
+        line = (f"{metrics.get('split') or 'split'}: macro Dice {fmt(metrics['macro']['dice'])} IoU "
+                f"{fmt(metrics['macro']['iou'])} (over {len(metrics.get('macro_over', []))} classes present) | {per}")
     inst = metrics.get("instances")
     if inst:
         line += (f" | instances: adapted Rand error {fmt(inst['adapted_rand_error'])} (precision "
@@ -204,7 +250,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     classes = class_spec(cfg.data)
     weights = resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    metrics = validate_split(model, cfg, split, args.out, checkpoint=str(weights))
+    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=str(weights),
+                              required=True)[0][split]
     print(headline(metrics))
     if "heatmap" in metrics:
         h = metrics["heatmap"]

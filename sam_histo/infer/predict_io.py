@@ -5,8 +5,11 @@ Per input image ``KEY`` (its path relative to ``--input`` without the suffix, so
     labels/KEY.png          class ids, single channel (uint8; uint16 from 256 classes on)
     overlays/KEY.png        the label map over the image in the class colours        (--overlay, default on)
     rle/KEY.json            COCO-style result records, one per class present         (--rle, default on)
-    probs/KEY/CLASS.png     per-class probability, uint8 = round(255 * p)            (--probs)
-    scores/KEY.CLASS.npy    float32 probability of the heatmap class                 (--heatmap-class)
+    probs/KEY/ID_CLASS.png  per-class probability, uint8 = round(255 * p)            (--probs)
+    scores/KEY.ID_CLASS.npy float32 probability of the heatmap class                 (--heatmap-class)
+
+``ID_CLASS`` is the class id and its name with anything but ``A-Za-z0-9_.+-`` replaced by ``_`` (e.g.
+``1_tumor``): a class name from a bundle never becomes a path.
     heatmaps/KEY.png        the cleaned heatmap, 0 / 255                             (--heatmap-class)
 
 Probability maps are 8-bit PNGs, one per class: every image viewer, ImageJ and QuPath open them, they are
@@ -17,6 +20,7 @@ model. Every file is written atomically, so an image whose files all exist is fi
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -66,9 +70,49 @@ def _to_rgb(a: np.ndarray, path: Path) -> np.ndarray:
     raise DataError(f"{path}: image of shape {a.shape}; expected (H, W), (H, W, 3) or (H, W, 4)")
 
 
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    """(height, width) from the header alone (PIL's decompression-bomb check is ours here: ``check_pixels``)."""
+    if _is_tiff(path):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except (ValueError, OSError, IndexError, tifffile.TiffFileError) as e:
+            raise DataError(f"{path}: not a readable TIFF ({e})") from None
+        planar = len(shape) == 3 and shape[0] in (3, 4) and shape[-1] not in (3, 4)
+        return (shape[1], shape[2]) if planar else (shape[0], shape[1])
+    from PIL import Image, UnidentifiedImageError
+
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    return h, w
+
+
+def check_pixels(path: Path, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(h, w), or a DataError before anything is decoded when the header claims more than ``max_pixels``."""
+    h, w = image_hw(path)
+    if h * w > max_pixels:
+        raise DataError(f"{path}: {w} x {h} pixels is more than --max-pixels={max_pixels}; cut the slide into "
+                        "tiles (they can share a slide id with --slide-pattern) or raise --max-pixels")
+    return h, w
+
+
 def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of a PNG, JPEG or TIFF (first page / series); grey is repeated, alpha dropped."""
-    if path.suffix.lower() in (".tif", ".tiff"):
+    """uint8 RGB (H, W, 3) of a PNG, JPEG or TIFF (first page / series); grey is repeated, alpha dropped.
+    The size is checked from the header first (``check_pixels``)."""
+    check_pixels(path, max_pixels)
+    if _is_tiff(path):
         import tifffile
 
         try:
@@ -78,18 +122,58 @@ def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     else:
         from PIL import Image, UnidentifiedImageError
 
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size was checked above
         try:
             with Image.open(path) as im:
                 a = np.asarray(im.convert("RGB") if im.mode in ("P", "CMYK", "YCbCr", "LA") else im)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: not a readable image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
     rgb = _to_rgb(np.asarray(a), path)
     if not rgb.flags.writeable:  # PIL hands out read-only buffers; torch.from_numpy warns on those
         rgb = rgb.copy()
-    if rgb.shape[0] * rgb.shape[1] > max_pixels:
-        raise DataError(f"{path}: {rgb.shape[1]} x {rgb.shape[0]} pixels is more than --max-pixels={max_pixels}; "
-                        "cut the slide into tiles (they can share a slide id with --slide-pattern)")
     return rgb
+
+
+class ImageRows:
+    """Rows of an image, read a band at a time: ``rows(y0, y1) -> uint8 (y1 - y0, W, 3)``. TIFFs are read
+    by region through zarr (only the strips / tiles of the band are decoded); other formats are decoded
+    once and sliced. ``with ImageRows(path, max_pixels) as src: src.h, src.w, src.rows(...)``."""
+
+    def __init__(self, path: Path, max_pixels: int = MAX_PIXELS):
+        self.path = path
+        self.h, self.w = check_pixels(path, max_pixels)
+        self._store = self._z = self._full = None
+        if _is_tiff(path):
+            import tifffile
+            import zarr
+
+            try:
+                self._store = tifffile.imread(path, aszarr=True)
+                z = zarr.open(self._store, mode="r")
+            except (ValueError, OSError, KeyError, tifffile.TiffFileError) as e:
+                raise DataError(f"{path}: not a readable TIFF ({e})") from None
+            self._z = z if hasattr(z, "shape") else z[next(iter(z.array_keys()))]  # a pyramid: level 0
+            self._planar = self._z.ndim == 3 and self._z.shape[0] in (3, 4) and self._z.shape[-1] not in (3, 4)
+        else:
+            self._full = read_image(path, max_pixels)
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        if self._full is not None:
+            return self._full[y0:y1]
+        band = self._z[:, y0:y1] if self._planar else self._z[y0:y1]
+        return _to_rgb(np.asarray(band), self.path)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> "ImageRows":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Outputs:
@@ -112,28 +196,32 @@ class Outputs:
     def rle_json(self) -> Path:
         return self.out / "rle" / f"{self.key}.json"
 
-    def prob_png(self, name: str) -> Path:
-        return self.out / "probs" / self.key / f"{name}.png"
+    def class_part(self, class_id: int) -> str:
+        """``ID_NAME``: the id keeps names apart, the sanitised name keeps files readable."""
+        return f"{class_id}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.names[class_id]).lstrip('.')}"
+
+    def prob_png(self, class_id: int) -> Path:
+        return self.out / "probs" / self.key / f"{self.class_part(class_id)}.png"
 
     @property
     def score_npy(self) -> Path:
-        return self.out / "scores" / f"{self.key}.{self.heatmap_class}.npy"
+        return self.out / "scores" / f"{self.key}.{self.class_part(self.names.index(self.heatmap_class))}.npy"
 
     @property
     def heatmap_png(self) -> Path:
         return self.out / "heatmaps" / f"{self.key}.png"
 
-    def wanted(self, prob_names) -> list[Path]:
+    def wanted(self, prob_ids) -> list[Path]:
         """Every per-image file this run writes (heatmap PNGs come later, over all images of a slide)."""
         paths = [self.label]
         paths += [self.overlay_png] if self.overlay else []
         paths += [self.rle_json] if self.rle else []
-        paths += [self.prob_png(n) for n in prob_names] if self.probs else []
+        paths += [self.prob_png(c) for c in prob_ids] if self.probs else []
         paths += [self.score_npy] if self.heatmap_class else []
         return paths
 
-    def done(self, prob_names) -> bool:
-        return all(p.is_file() for p in self.wanted(prob_names))
+    def done(self, prob_ids) -> bool:
+        return all(p.is_file() for p in self.wanted(prob_ids))
 
 
 def save_npy(path: Path, array: np.ndarray) -> Path:

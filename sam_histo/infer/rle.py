@@ -35,7 +35,8 @@ def encode_masks(masks: np.ndarray) -> list[dict]:
     masks = np.asarray(masks, bool)
     out = []
     for i in range(0, masks.shape[0], CHUNK):
-        block = np.asfortranarray(np.moveaxis(masks[i:i + CHUNK], 0, -1).astype(np.uint8))
+        # bool and uint8 share one byte: one Fortran-order copy, then a view (no second full-size array)
+        block = np.asfortranarray(np.moveaxis(masks[i:i + CHUNK], 0, -1)).view(np.uint8)
         out += [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
                 for r in mask_utils.encode(block)]
     return out
@@ -122,12 +123,12 @@ def encode_label_map(
     label_map = np.asarray(label_map)
     if not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"label map has dtype {label_map.dtype}; expected integer class ids")
-    label_map = label_map.astype(np.int64)
     _check_labels(label_map, class_names)
     extra = {k: v for k, v in (("image_id", image_id), ("file_name", file_name)) if v is not None}
     if instances is None:
+        # one class mask at a time (a few bytes a pixel, not one per class): large label maps stay cheap
         ids = [int(c) for c in np.unique(label_map) if c != ignore_index]
-        rles = encode_masks(label_map[None] == np.asarray(ids, np.int64)[:, None, None]) if ids else []
+        rles = [encode_masks((label_map == c)[None])[0] for c in ids]
         records = _records(rles, ids, class_names, extra)
         keys, what = ids, "class id"
     else:

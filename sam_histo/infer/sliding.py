@@ -29,13 +29,14 @@ the hand-over between windows is continuous, so seams vanish; the floor keeps ed
 matters at the image border where only window edges cover a pixel. Because the weights are normalised, a
 model whose output depends only on absolute position is reproduced exactly (the tests use that).
 
-The accumulators are float32 (C, H, W) and (H, W): a large image is fine, a whole 50 k x 50 k slide is not;
-tile such slides first.
+:func:`sliding_window_rows` streams: it reads one window-high strip of rows at a time and yields finished
+row bands, so memory is bounded by the window batch, not the image (`sam-histo predict` uses it for large
+images); :func:`sliding_window` collects those bands into one float32 (C, H, W) array.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import numpy as np
 from tqdm import tqdm
@@ -106,6 +107,50 @@ def _to_numpy(out, expected: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def sliding_window_rows(
+    rows: Callable[[int, int], np.ndarray],
+    h: int,
+    w: int,
+    predict_fn: Callable[[np.ndarray], object],
+    window: int,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    num_classes: int = 2,
+    *,
+    weight_floor: float = 0.1,
+    progress: Optional[bool] = None,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The blended probabilities of an (h, w) image (both >= ``window``) as finished row bands, top to bottom.
+
+    ``rows(y0, y1)`` returns the image rows y0..y1 (all columns): the image is read one window-high strip at a
+    time and never held whole. Yields ``(y0, y1, probs float32 (C, y1 - y0, w), image rows (y1 - y0, w, ...))``;
+    the bands tile 0..h. Memory: one strip of pixels plus a (C, window, w) accumulator, whatever h is. Each
+    strip's windows go to ``predict_fn`` left to right, ``batch_size`` at a time; the sums per pixel are
+    taken in the same order as a whole-image pass, so the result equals it exactly.
+    """
+    if h < window or w < window:
+        raise ValueError(f"image ({h}, {w}) is smaller than the window {window}; pad it (sliding_window does)")
+    stride = _stride(window, overlap)
+    ys, xs = _axis_starts(h, window, stride), _axis_starts(w, window, stride)
+    weight = blend_weights(window, weight_floor)
+    acc = np.zeros((num_classes, window, w), np.float32)
+    norm = np.zeros((window, w), np.float32)
+    show = len(ys) * len(xs) > 64 if progress is None else progress
+    for k, y in enumerate(tqdm(ys, desc="sliding window", unit="row", disable=not show, leave=False)):
+        strip = np.asarray(rows(y, y + window))
+        for i in range(0, len(xs), batch_size):
+            batch = xs[i:i + batch_size]
+            tiles = np.stack([strip[:, x:x + window] for x in batch])
+            probs = _to_numpy(predict_fn(tiles), (len(batch), num_classes, window, window))
+            for x, p in zip(batch, probs):
+                acc[:, :, x:x + window] += p * weight
+                norm[:, x:x + window] += weight
+        done = (ys[k + 1] if k + 1 < len(ys) else y + window) - y  # rows no later window touches
+        yield y, y + done, acc[:, :done] / norm[:done], strip[:done]
+        acc = np.concatenate([acc[:, done:], np.zeros((num_classes, done, w), np.float32)], axis=1)
+        norm = np.concatenate([norm[done:], np.zeros((done, w), np.float32)], axis=0)
+
+
 def sliding_window(
     image: np.ndarray,
     predict_fn: Callable[[np.ndarray], object],
@@ -125,6 +170,7 @@ def sliding_window(
     predict_fn: uint8 (B, window, window, ...) with B <= batch_size -> (B, num_classes, window, window)
     probabilities in [0, 1] (numpy or torch). Returns float32 (num_classes, H, W), the weighted mean of the
     covering windows' probabilities (so each pixel still sums to 1 when every window's output does).
+    Computed by :func:`sliding_window_rows` over the (padded) image.
     """
     image = np.asarray(image)
     if image.ndim < 2:
@@ -132,19 +178,12 @@ def sliding_window(
     if batch_size < 1 or num_classes < 1:
         raise ValueError(f"batch_size={batch_size} and num_classes={num_classes} must be >= 1")
     h, w = image.shape[:2]
-    positions = window_positions(h, w, window, overlap)
+    window_positions(h, w, window, overlap)  # checks the sizes and the overlap
     padded = _pad(image, window, pad_mode, pad_value)
     ph, pw = padded.shape[:2]
-    weight = blend_weights(window, weight_floor)
-    acc = np.zeros((num_classes, ph, pw), np.float32)
-    norm = np.zeros((ph, pw), np.float32)
-    batches = [positions[i:i + batch_size] for i in range(0, len(positions), batch_size)]
-    show = len(positions) > 64 if progress is None else progress
-    for batch in tqdm(batches, desc="sliding window", unit="batch", disable=not show, leave=False):
-        tiles = np.stack([padded[y:y + window, x:x + window] for y, x in batch])
-        probs = _to_numpy(predict_fn(tiles), (len(batch), num_classes, window, window))
-        for (y, x), p in zip(batch, probs):
-            acc[:, y:y + window, x:x + window] += p * weight
-            norm[y:y + window, x:x + window] += weight
-    # Every pixel of the input lies in some window and every weight is >= floor > 0, so norm > 0 there.
-    return acc[:, :h, :w] / norm[:h, :w]
+    out = np.empty((num_classes, ph, pw), np.float32)
+    for y0, y1, probs, _ in sliding_window_rows(lambda a, b: padded[a:b], ph, pw, predict_fn, window, overlap,
+                                                batch_size, num_classes, weight_floor=weight_floor,
+                                                progress=progress):
+        out[:, y0:y1] = probs
+    return out[:, :h, :w]

@@ -221,15 +221,9 @@ def choose_metrics(run: Path, cfg: Config, weights: Path, label: str, model, rec
 
 
 def recompute_metrics(model, cfg: Config, label: str) -> dict:
-    from sam_histo.eval.validator import validate
+    from sam_histo.eval.validator import evaluate_splits
 
-    out = {}
-    for split in ("val", "test"):
-        try:
-            out[split] = validate(model, cfg, split, checkpoint=label)
-        except ValueError:  # an empty split
-            continue
-    return out
+    return evaluate_splits(model, cfg, ("val", "test"), checkpoint=label)[0]  # an empty split is left out
 
 
 # ------------------------------------------------------------------------------------------- build

@@ -13,10 +13,13 @@ Layout (written by :mod:`sam_histo.release.build`)::
     README.md                  the model card
     SHA256SUMS                 ``<sha256>  <name>`` per file, as ``sha256sum -c SHA256SUMS`` checks it
 
-Loading reads only safetensors and JSON (never ``torch.load`` or pickle). Every file is hashed before it is
-used; a changed, missing or unlisted file refuses the bundle with the file's name. The hashes catch
-corruption and edits; they do not prove who made the bundle. For that, compare :func:`bundle_digest` (the
-sha256 of SHA256SUMS, printed by ``sam-histo release``) with the value the publisher gives.
+Loading reads only safetensors and JSON (never ``torch.load`` or pickle), and what the JSON says is data:
+the model is built from the project's own architecture names and numeric fields only, paths and names are
+checked (:mod:`sam_histo.release.trust`). Every file is hashed before it is used; a changed, missing or
+unlisted file, a SHA256SUMS entry that is not a plain relative name and any symlink refuse the bundle with
+the file's name. The hashes catch corruption and edits; they do not prove who made the bundle. For that,
+compare :func:`bundle_digest` (the sha256 of SHA256SUMS, printed by ``sam-histo release``) with the value
+the publisher gives (``--expected-digest``).
 """
 from __future__ import annotations
 
@@ -43,8 +46,8 @@ _LINE = re.compile(r"^([0-9a-f]{64})  (\S(?:.*\S)?)$")
 _CHUNK = 1 << 20
 
 
-class BundleError(ValueError):
-    """A release folder that is not a complete, unchanged bundle; the message names the file."""
+from sam_histo.release.trust import (BundleError, check_class_names, check_files, check_model, plain_name,
+                                     strip_paths)
 
 
 def sha256_file(path: str | Path) -> str:
@@ -55,9 +58,30 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def _walk(folder: Path):
+    """Every entry under ``folder`` without following links (os.scandir: a symlinked folder is not entered)."""
+    import os
+
+    stack = [folder]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for entry in it:
+                yield entry
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+
+
+def refuse_links(folder: Path) -> None:
+    """A bundle holds plain files and folders only: a symlink could point anywhere."""
+    for entry in _walk(folder):
+        if entry.is_symlink():
+            raise BundleError(f"{entry.path} is a symbolic link; a bundle holds plain files only: refused")
+
+
 def bundle_files(folder: Path) -> list[str]:
-    """Every file under ``folder`` except SHA256SUMS, as sorted POSIX paths relative to it."""
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != SUMS)
+    """Every plain file under ``folder`` except SHA256SUMS, as sorted POSIX paths relative to it."""
+    return sorted(Path(e.path).relative_to(folder).as_posix() for e in _walk(folder)
+                  if e.is_file(follow_symlinks=False) and not (e.name == SUMS and Path(e.path).parent == folder))
 
 
 def write_sums(folder: str | Path) -> str:
@@ -85,9 +109,9 @@ def read_sums(folder: Path) -> dict[str, str]:
     sums: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
         m = _LINE.match(line)
-        if m is None or m.group(2) in sums or ".." in m.group(2).split("/"):
+        if m is None or m.group(2) in sums or not plain_name(m.group(2)):
             raise BundleError(f"{path}, line {n}: {line[:80]!r} is not '<64 lowercase hex>  <file name>' "
-                              "(the checksum list was changed)")
+                              "with a plain relative name inside the bundle (the checksum list was changed)")
         sums[m.group(2)] = m.group(1)
     return sums
 
@@ -98,6 +122,9 @@ def verify(folder: str | Path, required: tuple[str, ...] = ALWAYS) -> dict[str, 
     folder = Path(folder)
     if not folder.is_dir():
         raise BundleError(f"release folder {folder} does not exist")
+    refuse_links(folder)
+    if (folder / SUMS).is_symlink():
+        raise BundleError(f"{folder / SUMS} is a symbolic link; a bundle holds plain files only: refused")
     sums = read_sums(folder)
     check_required(folder, sums, required)
     for name in sums:
@@ -174,15 +201,20 @@ def load_release(path: str | Path, expected_digest: Optional[str] = None) -> Rel
     info = _json(folder, CONFIG)
     if info.get("format") != FORMAT:
         raise BundleError(f"{folder / CONFIG}: format {info.get('format')!r} is not {FORMAT!r}")
+    where = str(folder / CONFIG)
+    check_files(info.get("files", {}), where)
     check_required(folder, sums, required_files(info))
-    cfg = config_from_dict(info["config"], f" (in {folder / CONFIG})")
-    cfg.model = dataclasses.replace(cfg.model, checkpoint=None)
     files = info["files"]
+    tree = strip_paths(info.get("config") if isinstance(info.get("config"), dict) else {})
+    tree["model"] = check_model(tree.get("model", {}), where)
+    if isinstance(tree.get("stain"), dict):  # the bundle's own reference tiles, never a path it names
+        root = files.get("stain_reference_root") if files.get("stain_reference") else None
+        tree["stain"] = {**tree["stain"], "reference": str(folder / root) if root else None}
+    cfg = config_from_dict(tree, f" (in {where})")
     if cfg.model.mode == "semantic" and not files.get("semantic_head"):
         raise BundleError(f"{folder / CONFIG}: a semantic-mode model without {SEMANTIC_HEAD}: incomplete bundle")
-    if files.get("stain_reference"):
-        cfg.stain.reference = str(folder / files["stain_reference_root"])
     cj = _json(folder, CLASSES)
+    check_class_names(cj.get("names", []), str(folder / CLASSES))
     classes = ClassSpec(tuple(cj["names"]), cj["ignore_index"])
     model = build_sam(cfg.model, classes.num_classes if files.get("semantic_head") else None)
     load_into(model.sam, load_file(str(folder / WEIGHTS)), source=str(folder / WEIGHTS))

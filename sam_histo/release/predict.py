@@ -117,7 +117,7 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
 
     if o.probs:
         for c in prob_ids:
-            save_png(o.prob_png(classes.names[c]), np.rint(np.clip(probs[c], 0, 1) * 255).astype(np.uint8))
+            save_png(o.prob_png(c), np.rint(np.clip(probs[c], 0, 1) * 255).astype(np.uint8))
     if o.heatmap_class:
         save_npy(o.score_npy, probs[classes.id_of(o.heatmap_class)].astype(np.float32))
     if o.overlay:
@@ -128,6 +128,21 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
         write_records(o.rle_json, encode_label_map(label, classes.names, classes.ignore_index, scores=scores,
                                                    image_id=o.key, file_name=file_name))
     save_png(o.label, label)
+
+
+def predict_one_streamed(release, f: Path, o: Outputs, prob_ids: list[int], args) -> bool:
+    """Semantic releases without stain normalisation: the streamed path (release.stream), memory bounded by
+    the window batch; False when the image needs the whole-image path. The size is checked from the header."""
+    from sam_histo.infer.predict_io import check_pixels
+    from sam_histo.release.stream import can_stream, predict_streamed
+
+    h, w = check_pixels(f, args.max_pixels)
+    if not can_stream(release, h, w):
+        return False
+    cfg = release.config
+    predict_streamed(release, f, o, prob_ids, cfg.eval.window_overlap if args.overlap is None else args.overlap,
+                     cfg.eval.batch_size if args.batch_size is None else args.batch_size, args.max_pixels)
+    return True
 
 
 # --------------------------------------------------------------------------------------- heatmaps
@@ -248,10 +263,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     prob_ids = classes.trained_ids
     outputs = [Outputs(args.out, key, classes.names, overlay=args.overlay, rle=args.rle, probs=args.probs,
                        heatmap_class=args.heatmap_class) for _, key in inputs]
-    prob_names = [classes.names[c] for c in prob_ids]
-    todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_names)]
-    predictor = make_predictor(release, args.overlap, args.batch_size) if todo else None
+    todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
+    predictor = None
     for f, o in tqdm(todo, desc="predict", unit="image"):
+        if predict_one_streamed(release, f, o, prob_ids, args):
+            continue
+        predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)
         label, probs = predictor(image)
         write_outputs(o, image, label, probs, classes, prob_ids, f.name)

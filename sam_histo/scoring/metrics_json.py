@@ -94,6 +94,25 @@ def _probability(classes: ClassSpec, prob_counts: np.ndarray) -> dict:
     return {classes.names[c]: {key: _num(s[key][c]) for key in keys} for c in classes.trained_ids}
 
 
+BACKGROUND = "background"
+
+
+def foreground_macro(per_class: dict, present: list[str], classes: ClassSpec) -> Optional[dict]:
+    """For class sets with a trained ``background`` class (LGG, vesicles): the macro over the foreground
+    classes present, with background's own scores named beside it, so a headline is never carried by the
+    easy majority class. None when there is no such class (BCSS: outside_roi is the ignore index)."""
+    if BACKGROUND not in classes.trained_names:
+        return None
+    over = [n for n in present if n != BACKGROUND]
+    macro = {}
+    for key in ("dice", "iou", "precision", "recall"):
+        vals = [per_class[n][key] for n in over if per_class[n][key] is not None]
+        macro[key] = float(np.mean(vals)) if vals else None
+    bg = per_class[BACKGROUND]
+    return {"macro": macro, "over": over, "background": BACKGROUND,
+            "background_scores": {k: bg[k] for k in ("dice", "iou", "precision", "recall")}}
+
+
 def metrics_json(
     classes: ClassSpec,
     counts: np.ndarray,
@@ -127,6 +146,9 @@ def metrics_json(
         "micro": {key: _num(v) for key, v in M.micro_scores(counts, classes.ignore_index).items()},
         "confusion_matrix": counts.tolist(),
     }
+    fg = foreground_macro(out["per_class"], [names[c] for c in macro_ids], classes)
+    if fg is not None:
+        out["foreground"] = fg
     if prob_counts is not None:
         out["probability"] = _probability(classes, prob_counts)
     if instances is not None:

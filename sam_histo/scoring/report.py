@@ -77,6 +77,15 @@ def _averages_table(m: dict) -> list[str]:
         f"| **macro** over the {len(m['macro_over'])} classes present in the ground truth ({over}) | "
         f"{_f(m['macro']['dice'])} | {_f(m['macro']['iou'])} | {_f(m['macro']['precision'])} | "
         f"{_f(m['macro']['recall'])} | |",
+    ]
+    fg = m.get("foreground")
+    if fg:  # the headline: macro over the foreground classes, background apart
+        f_, b = fg["macro"], fg["background_scores"]
+        lines += [f"| **macro over foreground** ({', '.join(fg['over']) or 'no class'}; the headline) | "
+                  f"{_f(f_['dice'])} | {_f(f_['iou'])} | {_f(f_['precision'])} | {_f(f_['recall'])} | |",
+                  f"| {fg['background']} alone | {_f(b['dice'])} | {_f(b['iou'])} | {_f(b['precision'])} | "
+                  f"{_f(b['recall'])} | |"]
+    lines += [
         f"| micro (TP, FP, FN pooled over classes) | {_f(m['micro']['dice'])} | {_f(m['micro']['iou'])} | | | "
         f"{_f(m['micro']['accuracy'])} |",
         f"| frequency-weighted (by class pixel share) | {_f(m['frequency_weighted']['dice'])} | "

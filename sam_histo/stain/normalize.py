@@ -40,6 +40,11 @@ def build_normalizer(cfg: StainConfig, counter: Optional[FallbackCounter] = None
         raise ConfigError(f"stain.reference={cfg.reference!r}: {e}") from None
 
 
+def is_grey(img: np.ndarray) -> bool:
+    """True when the three channels are equal everywhere (a grey tile read as RGB)."""
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
 class StainNormalize(A.ImageOnlyTransform):
     """Albumentations wrapper of a fitted Macenko or Reinhard normaliser (always applied by default).
 
@@ -55,7 +60,11 @@ class StainNormalize(A.ImageOnlyTransform):
         return self.normalizer.counter
 
     def apply(self, img: np.ndarray, **params: Any) -> np.ndarray:
-        return self.normalizer.transform(check_rgb(img, "StainNormalize input"))
+        img = check_rgb(img, "StainNormalize input")
+        if is_grey(img):  # a grey (L) tile has no stain to normalise: colouring it would invent one
+            self.counter.record(True, "grey image, left unchanged")
+            return img
+        return self.normalizer.transform(img)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("normalizer",)

@@ -11,6 +11,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -115,19 +116,46 @@ def describe_counts(counts: dict) -> str:
 class JsonlLog:
     """metrics.jsonl in the run folder: one JSON object per line, flushed at once (main process)."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, resumed_at: Optional[int] = None):
         self.path, self.enabled = Path(path), enabled
+        if enabled and resumed_at is not None:
+            self.drop_after(resumed_at)
+
+    def drop_after(self, step: int) -> None:
+        """A resume from ``step`` trains the steps after it again: their records from the interrupted run
+        are superseded and removed (atomically), so every step appears once."""
+        from sam_histo.files import atomic_path
+
+        if not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [ln for ln in lines if not _superseded(ln, step)]
+        if len(keep) != len(lines):
+            with atomic_path(self.path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in keep))
 
     def write(self, record: dict) -> None:
+        from sam_histo.training.recovery import json_safe
+
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+        with self.path.open("a") as f:  # valid JSON: a non-finite loss is null
+            f.write(json.dumps(json_safe(record), default=_json_default, allow_nan=False) + "\n")
+
+
+def _superseded(line: str, step: int) -> bool:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(rec, dict) and rec.get("event") in ("train", "val") and (rec.get("step") or 0) > step
 
 
 def _json_default(x):
+    from sam_histo.training.recovery import json_safe
+
     if isinstance(x, (np.integer, np.floating)):
-        return x.item()
+        return json_safe(x.item())
     if isinstance(x, torch.Tensor):
-        return x.tolist()
+        return json_safe(x.tolist())
     raise TypeError(f"not JSON-serialisable: {type(x)}")

@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -76,11 +77,12 @@ def save_checkpoint(accelerator, run_dir: Path, model: torch.nn.Module, optimize
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(state_dict_for_save(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    with _guarded(tmp, run_dir):
+        torch.save(rng_state(), tmp / f"rng_rank{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            save_file(state_dict_for_save(model), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # same step written before (a resumed run re-saving): replace it
@@ -102,8 +104,9 @@ def save_best(accelerator, run_dir: Path, model: torch.nn.Module, state: dict) -
     tmp = root / ".best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(state_dict_for_save(model), str(tmp / "model.safetensors"))
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    with _guarded(tmp, run_dir):
+        save_file(state_dict_for_save(model), str(tmp / "model.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
     old = root / ".best.old"
     shutil.rmtree(old, ignore_errors=True)
     if (root / "best").exists():
@@ -111,6 +114,19 @@ def save_best(accelerator, run_dir: Path, model: torch.nn.Module, state: dict) -
     os.replace(tmp, root / "best")
     shutil.rmtree(old, ignore_errors=True)
     return root / "best"
+
+
+@contextmanager
+def _guarded(tmp: Path, run_dir: Path):
+    """A full disk while filling ``tmp``: the half-written folder is removed, one RunError names the survivor."""
+    from sam_histo.training.recovery import disk_guard
+
+    try:
+        with disk_guard(tmp.parent / tmp.name.strip(".").removesuffix(".tmp"), latest_checkpoint(run_dir)):
+            yield
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -21,7 +21,9 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from sam_histo.config import Config, load_config
+from sam_histo.config import Config, ConfigError, load_config
+from sam_histo.errors import MissingSplitError
+from sam_histo.training.recovery import TrainingError, check_phases, mark_diverged, resume_error
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
@@ -98,23 +100,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 def train(cfg: Config, accelerator=None) -> dict:
     """Run (or resume) the configured training; returns {"status", "run_dir", "best", ...}."""
     accelerator = accelerator or make_accelerator(cfg)
-    run_dir = prepare_run_dir(cfg, accelerator)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
+    model = preflight(cfg)  # every check before the run folder is touched
+    run_dir = prepare_run_dir(cfg, accelerator)
     progress = accelerator.is_local_main_process
     data = build_data(cfg, run_dir, accelerator.process_index, accelerator.num_processes, progress)
     accelerator.print(f"class weights (train split, {len(data.train)} tiles):\n"
                       f"{describe_weights(data.classes, data.class_weights, data.stats)}")
-    model = build_model(cfg, data.classes).to(accelerator.device)
-    state, ckpt = TrainState.initial(cfg, run_dir)
+    model = model.to(accelerator.device)
+    state, ckpt = resume_state(cfg, run_dir)
     run = Run(cfg, accelerator, run_dir, data, model, state, JsonlLog(run_dir / "metrics.jsonl",
-              accelerator.is_main_process), Preemption(cfg.train.preempt_signals))
+              accelerator.is_main_process, resumed_at=state.step if ckpt else None),
+              Preemption(cfg.train.preempt_signals))
     run.enter_phase(state.epoch)
     if ckpt is not None:
         same_phase = state.optimizer_phase is None or state.optimizer_phase == run.phase
-        ck.restore(accelerator, ckpt, model, run.optimizer if same_phase else None)
-        data.sampler.load_state_dict(state.sampler)
+        try:
+            ck.restore(accelerator, ckpt, model, run.optimizer if same_phase else None)
+            data.sampler.load_state_dict(state.sampler)
+        except Exception as e:  # truncated, edited, or another model's checkpoint
+            raise resume_error(ckpt, e) from None
         accelerator.print(f"resumed from {ckpt} (epoch {state.epoch}, step {state.step})")
     if cfg.train.log_with:
         accelerator.init_trackers(cfg.name, config=flat_config(cfg))
@@ -122,9 +129,30 @@ def train(cfg: Config, accelerator=None) -> dict:
                      "world_size": accelerator.num_processes, "resumed_from": str(ckpt) if ckpt else None})
     try:
         status = fit(run)
+    except TrainingError as e:  # diverged: say which checkpoint is the last finite one, never resume it blindly
+        raise mark_diverged(run_dir, state.step, str(e), write=accelerator.is_main_process) from None
     finally:
         run.preempt.restore()
     return finish(run, status)
+
+
+def preflight(cfg: Config):
+    """The model, built and checked against the config (every phase's stage ids) before anything is written."""
+    from sam_histo.data.dataset import class_spec
+
+    model = build_model(cfg, class_spec(cfg.data))
+    check_phases(cfg, model)
+    return model
+
+
+def resume_state(cfg: Config, run_dir: Path):
+    """TrainState.initial, with an unreadable state.json said in one line."""
+    try:
+        return TrainState.initial(cfg, run_dir)
+    except (ValueError, OSError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise resume_error(ck.latest_checkpoint(run_dir) or run_dir, e) from None
 
 
 def fit(run: Run) -> str:
@@ -141,9 +169,13 @@ def fit(run: Run) -> str:
         stop = False
         if (epoch + 1) % cfg.train.val_every == 0 or last:
             stop = validate_epoch(run, epoch)
-        run.save()
+        path = run.save()
         if stop:
             return "early_stopped"
+        if not last and run.preempt.requested(run.accelerator):  # a signal during validation: stop now
+            run.accelerator.print(f"preempted: checkpoint {path} written at the end of epoch {epoch}; the next "
+                                  "run with train.resume=auto continues from it")
+            return "preempted"
     return "finished"
 
 
@@ -155,29 +187,31 @@ def run_epoch(run: Run, epoch: int) -> str:
     bar = tqdm(total=batches, initial=micro, desc=f"epoch {epoch}", unit="batch",
                disable=not acc.is_local_main_process, leave=False)
     t0, n_seen, sum_loss = time.perf_counter(), 0, 0.0
-    for batch in run.data.loader:
-        micro += 1
-        sync = micro % accum == 0 or micro == batches
-        loss = train_micro_batch(run, batch, sync)
-        sum_loss += loss
-        n_seen += len(batch) * acc.num_processes
-        if sync:
-            optimizer_step(run)
-            state.consumed = micro * bs
-            rate = n_seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{run.lr():.2e}", phase=run.phase, samples_s=f"{rate:.1f}")
-            if state.step % cfg.train.log_every == 0:
-                log_train(run, epoch, loss, rate)
-            if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0 \
-                    and micro < batches:
-                run.save()
-            if run.preempt.requested(acc):
-                path = run.save()
-                acc.print(f"preempted: checkpoint {path} written at step {state.step}; "
-                          "the next run with train.resume=auto continues from it")
-                return "preempted"
-        bar.update(1)
-    bar.close()
+    try:  # the bar is closed on any exit, so an error line never lands on it
+        for batch in run.data.loader:
+            micro += 1
+            sync = micro % accum == 0 or micro == batches
+            loss = train_micro_batch(run, batch, sync)
+            sum_loss += loss
+            n_seen += len(batch) * acc.num_processes
+            if sync:
+                optimizer_step(run)
+                state.consumed = micro * bs
+                rate = n_seen / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{run.lr():.2e}", phase=run.phase, samples_s=f"{rate:.1f}")
+                if state.step % cfg.train.log_every == 0:
+                    log_train(run, epoch, loss, rate)
+                if cfg.train.checkpoint_every_steps and state.step % cfg.train.checkpoint_every_steps == 0 \
+                        and micro < batches:
+                    run.save()
+                if run.preempt.requested(acc):
+                    path = run.save()
+                    acc.print(f"preempted: checkpoint {path} written at step {state.step}; "
+                              "the next run with train.resume=auto continues from it")
+                    return "preempted"
+            bar.update(1)
+    finally:
+        bar.close()
     return "ok"
 
 
@@ -227,7 +261,7 @@ def log_train(run: Run, epoch: int, loss: float, rate: float) -> None:
 
 def validate_epoch(run: Run, epoch: int) -> bool:
     """Validate, keep the best checkpoint by the macro per-class metric; True when it is time to stop."""
-    from sam_histo.eval.validator import headline, validate
+    from sam_histo.eval.validator import epoch_metrics, headline, selection_scores
 
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
@@ -236,13 +270,12 @@ def validate_epoch(run: Run, epoch: int) -> bool:
 
         run.val_data = build_dataset(cfg.data, "val")
     try:
-        metrics = validate(run.model, cfg, "val", checkpoint=f"epoch {epoch}", accelerator=acc,
-                           progress=acc.is_local_main_process, adapter=run.val_data)
-    except ValueError as e:  # no validation split: keep the last weights as the best
+        metrics = epoch_metrics(run.model, cfg, run.val_data, f"epoch {epoch}", acc, acc.is_local_main_process)
+    except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
-    score = metrics["macro"][es.metric]
+    score = selection_scores(metrics)[es.metric]
     score = float("-inf") if score is None else score
     improved = score > (state.best if state.best is not None else float("-inf")) + es.min_delta
     if improved:
@@ -270,18 +303,16 @@ def finish(run: Run, status: str) -> dict:
     if status == "preempted":
         acc.end_training()
         return result
-    from sam_histo.eval.validator import headline, validate_split
+    from sam_histo.eval.validator import evaluate_splits, headline
 
     best = run.run_dir / ck.CKPT_DIR / "best"
     if (best / "model.safetensors").exists():
         ck.load_model_weights(run.model, best)
-    for split in ("val", "test"):
-        try:
-            metrics = validate_split(run.model, cfg, split, out_dir=run.run_dir / "eval" / split,
-                               checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
-                               progress=acc.is_local_main_process)
-        except ValueError:
-            continue
+    splits = ("val", "test")
+    reports, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
+                                 checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
+                                 progress=acc.is_local_main_process)
+    for split, metrics in reports.items():
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
     if cfg.clip.train_head and acc.is_main_process:

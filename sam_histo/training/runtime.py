@@ -7,16 +7,17 @@ import signal
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
-from sam_histo.config import Config, ConfigError, save_config, to_dict
+from sam_histo.config import Config, ConfigError, to_dict
 from sam_histo.training import checkpoint as ck
+from sam_histo.training.recovery import (  # noqa: F401  (TrainingError re-exported)
+    DIVERGED,
+    TrainingError,
+    check_divergence_marker,
+    flatten,
+    save_run_config,
+)
 
 log = logging.getLogger("sam_histo.train")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (e.g. diverging); the message says what to change."""
 
 
 def make_accelerator(cfg: Config):
@@ -31,45 +32,27 @@ def make_accelerator(cfg: Config):
 
 
 def prepare_run_dir(cfg: Config, accelerator) -> Path:
-    """Create the run folder, refuse to overwrite checkpoints, save the resolved config there."""
+    """Create the run folder, refuse to overwrite checkpoints, save the resolved config there (a resume
+    with a changed config: config.resume-N.yaml, see training.recovery). Call it after every check."""
     run_dir = cfg.run_dir
     if accelerator.is_main_process:
-        if cfg.train.resume == "never" and ck.latest_checkpoint(run_dir) is not None:
+        diverged = (run_dir / DIVERGED).is_file()
+        if cfg.train.resume == "never" and not diverged and ck.latest_checkpoint(run_dir) is not None:
             raise ConfigError(f"{run_dir} already holds checkpoints and train.resume=never: continue it with "
                               "train.resume=auto, or start a new run with another name= or output_dir=")
+        check_divergence_marker(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        _note_config_changes(cfg, run_dir / "config.yaml")
-        save_config(cfg, run_dir / "config.yaml")
+        resuming = cfg.train.resume != "never" and ck.latest_checkpoint(run_dir) is not None
+        save_run_config(cfg, run_dir, resuming)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
     accelerator.wait_for_everyone()
     return run_dir
 
 
-def _note_config_changes(cfg: Config, path: Path) -> None:
-    if not path.exists():
-        return
-    old = _flatten(yaml.safe_load(path.read_text()) or {})
-    new = _flatten(to_dict(cfg))
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-        log.warning("the config differs from the one saved in %s: %s", path, ", ".join(changed[:12]))
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def flat_config(cfg: Config) -> dict:
     """Dotted keys -> scalars (lists and dicts as strings), for trackers' hyperparameter tables."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in _flatten(to_dict(cfg)).items()}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(to_dict(cfg)).items()}
 
 
 @dataclasses.dataclass
