@@ -15,6 +15,7 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from sam_histo.config import load_config
+    from sam_histo.config.argv import add_overrides_help, parse_with_overrides
     from sam_histo.data.dataset import build_dataset
     from sam_histo.data.sampling import compute_stats, format_table, report
     from sam_histo.data.synthetic import write_bcss
@@ -24,8 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="demo_run", help="run folder (created); data goes to OUT/data")
     ap.add_argument("--n", type=int, default=8, help="synthetic ROIs to write")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides of configs/demo.yaml")
-    args = ap.parse_args(argv)
+    args = parse_with_overrides(add_overrides_help(ap, "train.epochs=4 (of configs/demo.yaml)"), argv)
     out = Path(args.out)
     data = out / "data"
     # The validator also chooses a tumour heatmap threshold, which predict reuses at the end.

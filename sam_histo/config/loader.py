@@ -129,12 +129,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, else relative to the project's ``configs/`` folder."""
+    """A config path as given, else relative to the project's ``configs/`` folder. Only files count: a bare
+    name such as ``demo`` must not resolve to a ``demo/`` folder in the working directory."""
     p = Path(path)
-    if p.exists():
+    if p.is_file():
         return p
     for candidate in (PROJECT_ROOT / "configs" / p, PROJECT_ROOT / "configs" / f"{p}.yaml"):
-        if candidate.exists():
+        if candidate.is_file():
             return candidate
     raise ConfigError(f"config file {str(path)!r} not found (looked here and in {PROJECT_ROOT / 'configs'})")
 

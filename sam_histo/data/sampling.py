@@ -179,15 +179,15 @@ def format_table(rep: dict, title: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from sam_histo.config import load_config
+    from sam_histo.config.argv import add_overrides_help, parse_with_overrides
     from sam_histo.data.dataset import build_dataset
 
     ap = argparse.ArgumentParser(prog="sam-histo stats", description="class frequencies, weights and rates")
     ap.add_argument("--config", required=True, help="a YAML config (path, or a name under configs/)")
-    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. data.root=/data/bcss")
     ap.add_argument("--split", default="train", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--cache", help="JSON file to cache the counts in (reused while the data is unchanged)")
-    args = ap.parse_intermixed_args(argv)  # overrides may follow the options (stats --split all data.x=y)
+    args = parse_with_overrides(add_overrides_help(ap, "data.root=/data/bcss"), argv)
     cfg = load_config(args.config, args.overrides)
     dataset = build_dataset(cfg.data, args.split)
     stats = compute_stats(dataset, args.cache, progress=not args.json)

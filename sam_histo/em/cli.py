@@ -20,6 +20,8 @@ from typing import Optional
 
 import numpy as np
 
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam-histo em", description=__doc__.split("\n\n")[0])
@@ -32,10 +34,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--out", required=True, type=Path, help="output folder")
         s.add_argument("--split", choices=("train", "val", "test", "all"), default=None,
                        help="split of data.root to use (default eval.split)")
-        s.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
         if name == "predict":
             s.add_argument("--volume", type=Path, default=None, help="a (Z, Y, X) HDF5 or TIFF stack to predict")
             s.add_argument("--key", default="main", help="HDF5 dataset of --volume (default main)")
+        add_overrides_help(s, "em.min_size=15")
     return p
 
 
@@ -119,6 +121,6 @@ def _sweep(args, cfg, model) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_with_overrides(_parser(), argv)
     cfg, model = _load(args)
     return _predict(args, cfg, model) if args.action == "predict" else _sweep(args, cfg, model)

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_histo.config import Config, load_config
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
@@ -240,8 +241,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="weights file, checkpoint folder, or run folder (uses checkpoints/best)")
     parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json, report.md, plots")
     parser.add_argument("--split", default=None, help="train, val or test (default eval.split)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(add_overrides_help(parser, "heatmap.class_name=tumor"), argv)
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.eval.split
     from sam_histo.data.dataset import class_spec

@@ -12,6 +12,7 @@ import dataclasses
 import json
 
 from sam_histo.config import load_config
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.models import stages as st
 
 _GROUP_ORDER = ("neck", "decoder", "semantic_head", "prompt_encoder", "memory")
@@ -83,10 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     p = argparse.ArgumentParser(prog="sam-histo model info", description=__doc__.splitlines()[0])
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. model.arch=hiera_s")
     p.add_argument("--num-classes", type=int, default=None, help="head size (default from data.classes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(argv)
+    args = parse_with_overrides(add_overrides_help(p, "model.arch=hiera_s"), argv)
     cfg = load_config(args.config, args.overrides)
     info = describe(cfg, args.num_classes if args.num_classes is not None else _default_classes(cfg))
     print(json.dumps(info) if args.json else format_info(info))

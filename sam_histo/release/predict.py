@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_histo.config import ConfigError, HeatmapConfig
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.data.types import DataError
 from sam_histo.infer.predict_io import MAX_PIXELS, Outputs, list_inputs, read_image, save_npy
 
@@ -222,8 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--slide-pattern", default=None,
                    help=r"regex on the file name giving its slide id (e.g. '^[^_]+' for BCSS); default one "
                         "slide per image")
-    p.add_argument("overrides", nargs="*", help="clip.* / zeroshot.* overrides for prompted releases")
-    return p
+    return add_overrides_help(p, "clip.weights=PATH; predict takes clip.* and zeroshot.* only")
 
 
 def _apply_overrides(release, overrides: list[str]) -> None:
@@ -246,7 +246,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from sam_histo.release.bundle import BundleError, load_release
     from sam_histo.files import write_json
 
-    args = build_parser().parse_intermixed_args(argv)
+    args = parse_with_overrides(build_parser(), argv)
     inputs = list_inputs(args.input, args.recursive)
     try:
         release = load_release(args.release, args.expected_digest)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from sam_histo.config import Config, ConfigError, load_config
 from sam_histo.errors import MissingSplitError
 from sam_histo.training.recovery import TrainingError, check_phases, mark_diverged, resume_error
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
@@ -91,8 +92,7 @@ class Run:
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sam-histo train", description="Fine-tune SAM2 on a config.")
     parser.add_argument("--config", required=True, help="YAML listing differences from the defaults")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.epochs=5")
-    args = parser.parse_args(argv)
+    args = parse_with_overrides(add_overrides_help(parser), argv)
     result = train(load_config(args.config, args.overrides))
     return 0 if result.get("status") in ("finished", "early_stopped", "preempted") else 1
 

@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from sam_histo.config import ConfigError
+from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.models.load import resolve_model_file
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-head", action="store_true",
                    help="first tune the CLIP head on the train split's ground-truth masks (OUT/clip_head.safetensors), "
                         "then classify with it")
-    p.add_argument("overrides", nargs="*", help="dotted key=value overrides (e.g. zeroshot.points_per_side=16)")
-    return p
+    return add_overrides_help(p, "zeroshot.points_per_side=16")
 
 
 def _train_head(cfg, out: Path):
@@ -276,7 +276,7 @@ def _train_head(cfg, out: Path):
 def main(argv: Optional[list[str]] = None) -> int:
     from sam_histo.config import load_config, save_config
 
-    args = build_parser().parse_intermixed_args(argv)  # options may come after the key=value overrides
+    args = parse_with_overrides(build_parser(), argv)
     cfg = load_config(args.config, args.overrides)
     if args.clip_head:
         cfg.clip.head = args.clip_head
