@@ -104,3 +104,15 @@ def test_custom_grouping_sends_the_rest_to_other(bcss_root):
     codes = raw(bcss_root, "masks", name)[y:y + 128, x:x + 128]
     expected = np.where(codes == 0, 0, np.where(codes == 1, 1, 2))
     np.testing.assert_array_equal(ds[i].mask, expected)
+
+
+def test_exclude_and_undetermined_are_ignored_unless_grouped():
+    from sam_histo.data.bcss import BCSS_CODES, code_lut
+    from sam_histo.data.types import DataError
+
+    lut = code_lut(BCSS_CODES, [], {})
+    assert lut[7] == 0 and lut[15] == 0 and lut[9] == 6 and lut[18] == 5  # exclude, undetermined; fat, vessel
+    lut = code_lut(BCSS_CODES, ["tumor", "excluded"], {"tumor": ["tumor"], "excluded": ["exclude"]}, ())
+    assert lut[7] == 2
+    with pytest.raises(DataError, match=r"names 'exclude', which data.ignore_codes ignores"):
+        code_lut(BCSS_CODES, ["tumor", "excluded"], {"tumor": ["tumor"], "excluded": ["exclude"]})

@@ -116,3 +116,47 @@ def test_rgb_png_and_missing_hdf5_key(tmp_path, capsys):
         f["labels"] = np.zeros((48, 48), np.uint8)
     err = _error(capsys, _score(tmp_path, "--classes", CLASSES))
     assert "tile_0.h5: no dataset 'main' (it has ['labels']); pass --key" in err
+
+
+def test_score_codes_groups_raw_bcss_masks_and_ignores_exclude(tmp_path):
+    """--codes + --grouping bcss: raw codes become class ids as in training; exclude (7) and undetermined
+    (15) are ignored, so a model's tumour call on an excluded region is no false positive."""
+    import json
+
+    from PIL import Image
+
+    from sam_histo.data.bcss import write_code_table
+    from sam_histo.eval.score import main
+
+    gt = np.zeros((8, 8), np.uint8)
+    gt[:, :2], gt[:, 2:4], gt[:, 4:6], gt[:, 6:] = 1, 7, 18, 9  # tumor, exclude, blood_vessel, fat (-> other)
+    gt[0, :] = 15  # undetermined
+    pred = np.zeros((8, 8), np.uint8)
+    pred[:, :4] = 1  # tumour over tumour and over the excluded columns
+    pred[:, 4:6], pred[:, 6:] = 5, 6
+    for folder, arr in (("gt", gt), ("pred", pred)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(arr).save(tmp_path / folder / "a.png")
+    codes = write_code_table(tmp_path)
+    assert main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--codes", str(codes),
+                 "--grouping", "bcss", "--out", str(tmp_path / "out")]) == 0
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["class_names"][0] == "outside_roi" and m["ignore_index"] == 0
+    tumor = m["per_class"]["tumor"]
+    assert tumor["pred_pixels"] == 7 * 2 and tumor["precision"] == 1.0  # rows 1-7 of the two tumour columns
+    assert m["per_class"]["blood_vessel"]["support_pixels"] == 14 and m["per_class"]["other"]["dice"] == 1.0
+
+
+def test_score_codes_refuses_a_code_outside_the_table(tmp_path):
+    from PIL import Image
+
+    from sam_histo.data.bcss import write_code_table
+    from sam_histo.data.types import DataError
+    from sam_histo.eval.score import main
+
+    for folder in ("gt", "pred"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((4, 4), 40 if folder == "gt" else 1, np.uint8)).save(tmp_path / folder / "a.png")
+    with pytest.raises(DataError, match=r"a.png: codes \[40\] are not in --codes"):
+        main(["--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--codes",
+              str(write_code_table(tmp_path)), "--out", str(tmp_path / "out")])

@@ -30,6 +30,9 @@ class DataConfig:
     classes: list[str] = field(default_factory=list)
     # BCSS only: trained class -> list of BCSS code names (gtruth_codes.tsv) grouped into it.
     grouping: dict[str, list[str]] = field(default_factory=dict)
+    # BCSS only: codes scored as nothing (the ignore id, like outside_roi), never swept into "other": exclude
+    # (7, regions the annotators excluded) and undetermined (15, tissue they could not call).
+    ignore_codes: list[str] = field(default_factory=lambda: ["exclude", "undetermined"])
     tile_size: int = 1024
     tile_stride: int = 1024
     split: Literal["random", "institute", "z"] = "random"

@@ -9,7 +9,9 @@ Layout (``data.root``)::
 Code 0 (outside_roi) is "don't care" and must get zero weight; it is NOT an "other" class (BCSS README,
 github.com/PathologyDataScience/BCSS). Class ids: 0 = outside_roi (the ignore index), then
 ``data.classes`` in order from 1. ``data.grouping`` maps each class to BCSS code names; the class named
-``other`` takes every code not grouped elsewhere; codes left without a class become outside_roi.
+``other`` takes every code not grouped elsewhere except ``data.ignore_codes`` (default ``exclude``, code 7:
+regions the annotators excluded from scoring, and ``undetermined``, code 15: tissue they could not call);
+those and codes left without a class become outside_roi, the ignore id.
 
 Each ROI is cut into ``tile_size`` tiles every ``tile_stride`` pixels (the last row and column end at the
 border; ROIs smaller than a tile are padded with white and outside_roi). Tiles with no in-ROI pixel are
@@ -53,6 +55,9 @@ DEFAULT_GROUPING = {
     "blood_vessel": ["blood_vessel"],
 }
 OUTSIDE = "outside_roi"
+# Codes that are no tissue class: never swept into "other", ignored like outside_roi unless data.grouping
+# names them (then drop them from data.ignore_codes).
+IGNORED_CODES = ("exclude", "undetermined")
 _SLIDE = re.compile(r"^(.+?)_xmin")
 
 
@@ -70,8 +75,9 @@ def write_code_table(root: Path, table: dict[str, int] = BCSS_CODES) -> Path:
 
 
 def read_code_table(root: Path) -> dict[str, int]:
-    """``gtruth_codes.tsv`` -> {label: code}; outside_roi must be code 0."""
-    path = root / CODES_FILE
+    """``gtruth_codes.tsv`` (in folder ``root``, or the file itself) -> {label: code}; outside_roi must be 0."""
+    root = Path(root)
+    path = root if root.is_file() else root / CODES_FILE
     if not path.is_file():
         raise DataError(f"{path} not found: copy meta/gtruth_codes.tsv of the BCSS release into data.root")
     lines = [ln.rstrip("\n").split("\t") for ln in path.read_text().splitlines() if ln.strip()]
@@ -92,8 +98,10 @@ def class_names(classes: list[str]) -> tuple[str, ...]:
     return (OUTSIDE, *(classes or DEFAULT_CLASSES))
 
 
-def code_lut(table: dict[str, int], classes: list[str], grouping: dict[str, list[str]]) -> np.ndarray:
-    """(256,) int64: BCSS code -> class id; 0 for outside_roi and ungrouped codes, -1 for unknown codes."""
+def code_lut(table: dict[str, int], classes: list[str], grouping: dict[str, list[str]],
+             ignore_codes=IGNORED_CODES) -> np.ndarray:
+    """(256,) int64: BCSS code -> class id; 0 for outside_roi, ``ignore_codes`` and ungrouped codes, -1 for
+    codes absent from the table."""
     classes = list(classes or DEFAULT_CLASSES)
     grouping = grouping or {c: DEFAULT_GROUPING[c] for c in classes if c in DEFAULT_GROUPING}
     for cls in grouping:
@@ -113,20 +121,23 @@ def code_lut(table: dict[str, int], classes: list[str], grouping: dict[str, list
                 raise DataError(f"data.grouping[{cls!r}] names code {code!r} absent from {CODES_FILE}{hint}")
             if code == OUTSIDE:
                 raise DataError(f"data.grouping[{cls!r}]: {OUTSIDE} (code 0) is ignored and cannot be a class")
+            if code in ignore_codes:
+                raise DataError(f"data.grouping[{cls!r}] names {code!r}, which data.ignore_codes ignores: "
+                                f"drop it from one of them (data.ignore_codes={list(ignore_codes)})")
             if code in owner and owner[code] != cls:
                 raise DataError(f"BCSS code {code!r} is grouped into both {owner[code]!r} and {cls!r}")
             owner[code] = cls
             lut[table[code]] = cid
     if "other" in classes:
         for code, value in table.items():
-            if code != OUTSIDE and code not in owner:
+            if code != OUTSIDE and code not in owner and code not in ignore_codes:
                 lut[value] = classes.index("other") + 1
                 owner[code] = "other"
     for cid, cls in enumerate(classes, start=1):
         if not (lut == cid).any():
             raise DataError(f"class {cls!r} in data.classes gets no BCSS code: map codes to it in "
                             f"data.grouping (codes: {sorted(table, key=table.get)})")
-    unmapped = [c for c in table if c != OUTSIDE and c not in owner]
+    unmapped = [c for c in table if c != OUTSIDE and c not in owner and c not in ignore_codes]
     if unmapped:
         log.info("BCSS codes %s belong to no class and are treated as outside_roi (ignored)", unmapped)
     return lut
@@ -155,7 +166,7 @@ class BCSS(Adapter):
         self.cfg, self.split = cfg, split
         self.root = check_root(cfg.root, "BCSS", "images/, masks/ and gtruth_codes.tsv")
         self.table = read_code_table(self.root)
-        self.lut = code_lut(self.table, cfg.classes, cfg.grouping)
+        self.lut = code_lut(self.table, cfg.classes, cfg.grouping, cfg.ignore_codes)
         self.classes = self.class_spec(cfg)
         self.tile, self.stride = cfg.tile_size, cfg.tile_stride
         self._table_key = sorted(self.table.items(), key=lambda kv: kv[1])

@@ -99,8 +99,9 @@ def _predict(args, cfg, model) -> int:
     path = write_labels(labels, args.out / "instances" / "labels.h5")
     write_report(metrics, args.out, CLASSES)
     inst = metrics["instances"]
-    print(f"split {adapter.split}: adapted Rand error {inst['adapted_rand_error']:.4f} (precision "
-          f"{inst['precision']:.4f}, recall {inst['recall']:.4f}), F1@0.5 {inst['f1_at_0.5']:.4f}, "
+    f = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731  (undefined without predicted vesicles)
+    print(f"split {adapter.split}: adapted Rand error {f(inst['adapted_rand_error'])} (precision "
+          f"{f(inst['precision'])}, recall {f(inst['recall'])}), F1@0.5 {f(inst['f1_at_0.5'])}, "
           f"{inst['n_pred']} predicted / {inst['n_gt']} true vesicles; labels {path}, report {args.out / 'report.md'}")
     return 0
 

@@ -2,6 +2,12 @@
 
     sam-histo score --pred DIR --gt DIR --classes a,b,c [--ignore-index K] [--instances] --out DIR
                     [--split NAME] [--key main] [--images DIR] [--checkpoint TEXT] [--overlays N]
+    sam-histo score --pred DIR --gt BCSS/masks --codes BCSS/gtruth_codes.tsv --grouping bcss --out DIR
+
+With --codes the ground truth holds raw BCSS region codes: --grouping (``bcss``, the training default, or a
+YAML file of class -> code names) turns them into class ids (0 = outside_roi, the ignore id; codes in
+--ignore-codes, default exclude and undetermined, are ignored too), and --classes defaults to outside_roi
+followed by the grouping's classes.
 
 Files are matched by name without extension (``x.png`` in --gt with ``x.png`` or ``x.tif`` in --pred):
 single-channel PNG label maps, TIFF (pages = a volume) or HDF5 volumes (dataset --key), or .npy. Every
@@ -28,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam-histo score", description=__doc__.split("\n\n")[0])
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps or volumes")
     p.add_argument("--gt", required=True, type=Path, help="folder of ground-truth label maps or volumes")
-    p.add_argument("--classes", required=True, help="class names in id order from 0, comma-separated")
+    p.add_argument("--classes", default=None, help="class names in id order from 0, comma-separated "
+                   "(with --codes: outside_roi and the grouping's classes)")
     p.add_argument("--ignore-index", type=int, default=None, help="id dropped from both sides (not a class)")
     p.add_argument("--instances", action="store_true", help="maps are instance labels: add instance metrics")
     p.add_argument("--out", required=True, type=Path, help="report folder")
@@ -37,7 +44,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", default="main", help="HDF5 dataset key (default: main)")
     p.add_argument("--images", type=Path, default=None, help="optional folder of RGB images for overlays")
     p.add_argument("--overlays", type=int, default=3, help="best and worst images to draw (default 3 each)")
+    b = p.add_argument_group("BCSS ground truth with raw region codes")
+    b.add_argument("--codes", type=Path, default=None, help="gtruth_codes.tsv of the BCSS release (label, GT_code)")
+    b.add_argument("--grouping", default="bcss",
+                   help="'bcss' (the default grouping of training) or a YAML file {class: [code names]}")
+    b.add_argument("--ignore-codes", default="exclude,undetermined",
+                   help="code names scored as nothing, like outside_roi (default exclude,undetermined)")
     return p
+
+
+def bcss_gt_lut(codes: Path, grouping: str, ignore_codes: str, classes: Optional[str]):
+    """(names, lut): the class names (outside_roi first) and the (256,) code -> class id table of --codes."""
+    import yaml
+
+    from sam_histo.data.bcss import DEFAULT_CLASSES, OUTSIDE, code_lut, read_code_table
+
+    table = read_code_table(codes)
+    if grouping == "bcss":
+        groups = {}
+    else:
+        path = Path(grouping)
+        if not path.is_file():
+            raise DataError(f"--grouping {grouping!r}: give 'bcss' or a YAML file of class -> code names")
+        groups = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+            raise DataError(f"--grouping {path}: expected a mapping of class name -> list of BCSS code names")
+    names = [n.strip() for n in classes.split(",") if n.strip()] if classes else None
+    if names and names[0] != OUTSIDE:
+        raise DataError(f"--classes with --codes: id 0 must be {OUTSIDE} (the ignore id), got {names[0]!r}")
+    trained = names[1:] if names else (list(groups) if groups else DEFAULT_CLASSES)
+    ignored = tuple(c.strip() for c in ignore_codes.split(",") if c.strip())
+    return (OUTSIDE, *trained), code_lut(table, trained, groups, ignored)
 
 
 def load_labels(path: Path, key: str = "main") -> np.ndarray:
@@ -114,8 +151,13 @@ def _check_ids(arr: np.ndarray, path: Path, classes: ClassSpec) -> None:
                         f"classes, ids 0..{classes.num_classes - 1} ({', '.join(classes.names)})")
 
 
-def _load_pair(name: str, pp: Path, gp: Path, key: str, classes: ClassSpec, instances: bool):
+def _load_pair(name: str, pp: Path, gp: Path, key: str, classes: ClassSpec, instances: bool, lut=None):
     gt, pred = load_labels(gp, key), load_labels(pp, key)
+    if lut is not None:  # raw BCSS codes -> class ids
+        unknown = sorted({int(c) for c in np.unique(gt) if not 0 <= c < len(lut) or lut[c] < 0})
+        if unknown:
+            raise DataError(f"{gp}: codes {unknown} are not in --codes; is this a BCSS mask?")
+        gt = lut[gt]
     if gt.shape != pred.shape:
         raise DataError(f"{pp}: shape {pred.shape} differs from the ground truth {gp} shape {gt.shape}")
     if instances:
@@ -146,9 +188,18 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    names = tuple(n.strip() for n in args.classes.split(",") if n.strip())
+    lut = None
+    if args.codes is not None:
+        if args.instances:
+            parser.error("--codes maps BCSS region codes: it does not go with --instances")
+        names, lut = bcss_gt_lut(args.codes, args.grouping, args.ignore_codes, args.classes)
+        args.ignore_index = 0
+    elif args.classes is None:
+        parser.error("give --classes (class names in id order), or --codes for raw BCSS masks")
+    else:
+        names = tuple(n.strip() for n in args.classes.split(",") if n.strip())
     if len(set(names)) != len(names) or len(names) < 2:
-        parser.error(f"--classes {args.classes!r}: give at least two distinct names in id order")
+        parser.error(f"--classes {','.join(names)!r}: give at least two distinct names in id order")
     if args.instances and (len(names) != 2 or args.ignore_index is not None):
         parser.error("--instances scores foreground versus background: give two classes (e.g. "
                      "background,vesicle) and no --ignore-index")
@@ -158,7 +209,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     pairs = match_files(args.pred, args.gt)
     ev = Evaluator(classes, instances=args.instances)
     for name, pp, gp in tqdm(pairs, desc="scoring", unit="file"):
-        gt, pred = _load_pair(name, pp, gp, args.key, classes, args.instances)
+        gt, pred = _load_pair(name, pp, gp, args.key, classes, args.instances, lut)
         if args.instances:
             ev.add(pred > 0, gt > 0, key=name, meta={"source": str(gp)}, gt_instances=gt, pred_instances=pred)
         else:
@@ -172,7 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def items(scores):
         out = []
         for s in scores:
-            gt, pred = _load_pair(s.key, *files[s.key], args.key, classes, args.instances)
+            gt, pred = _load_pair(s.key, *files[s.key], args.key, classes, args.instances, lut)
             if args.instances:
                 gt, pred = (gt > 0).astype(np.uint8), (pred > 0).astype(np.uint8)
             out.append((_load_image(args.images, s.key), gt, pred, s.key, s.dice))
