@@ -230,3 +230,34 @@ def test_base_checkpoint_is_named_with_its_sha256_or_the_reason_it_is_missing(tm
     info = base_checkpoint_info(ModelConfig(checkpoint="sam2.1_hiera_tiny"))
     assert info["sha256"] is None and "not on this machine" in info["reason"]
     assert info["sha256_published"] == find("sam2.1_hiera_tiny", load_manifest())[1]["sha256"]
+
+
+def test_a_release_is_a_starting_point_for_fine_tuning(bundle, copy_of):
+    """model.checkpoint=RELEASE_DIR: SAM2 weights and the class-token head load when the classes match (so the
+    new model predicts exactly as the release); other classes keep SAM2 and re-initialise the head, saying so;
+    a changed bundle is refused."""
+    from sam_histo.config import ConfigError
+    from sam_histo.data.dataset import class_spec
+    from sam_histo.infer.image import semantic_probs
+    from sam_histo.training.build import build_model
+
+    release = sam_histo.load_release(bundle)
+    cfg = release.config
+    cfg.model.checkpoint = str(bundle)
+    model = build_model(cfg, class_spec(cfg.data)).eval()
+    assert "SAM2 weights" in model.start_note and "class-token head (7 classes)" in model.start_note
+    image = _image(70, 80)
+    np.testing.assert_array_equal(semantic_probs(model, image, 7, 0), semantic_probs(release.model, image, 7, 0))
+
+    other = load_config(None, ["data.classes=[tumor, stroma, other]", "model.arch=tiny", "model.image_size=64",
+                               f"model.checkpoint={bundle / 'model.safetensors'}"])
+    fresh = build_model(other, class_spec(other.data))
+    assert "differ from data.classes" in fresh.start_note and "re-initialised" in fresh.start_note
+    sam_theirs, sam_ours = release.model.sam.state_dict(), fresh.sam.state_dict()
+    assert all(torch.equal(sam_theirs[k], sam_ours[k]) for k in sam_theirs)
+
+    head = copy_of / "semantic_head.safetensors"
+    head.write_bytes(head.read_bytes()[:-1] + b"\0")
+    cfg.model.checkpoint = str(copy_of)
+    with pytest.raises(ConfigError, match=r"semantic_head.safetensors does not match its sha256 in SHA256SUMS"):
+        build_model(cfg, class_spec(cfg.data))

@@ -56,3 +56,74 @@ def load_model(model_cfg: ModelConfig, num_classes: Optional[int] = None, checkp
     if checkpoint is not None:
         model_cfg = dataclasses.replace(model_cfg, checkpoint=str(resolve_model_file(checkpoint, which)))
     return build_sam(model_cfg, num_classes)
+
+
+# ------------------------------------------------------------------ a release bundle as a starting point
+RELEASE_SUMS = "SHA256SUMS"
+RELEASE_CLASSES = "classes.json"
+RELEASE_HEADS = {"semantic": "semantic_head.safetensors", "clip": "clip_head.safetensors"}
+
+
+def release_folder(path: str | Path) -> Optional[Path]:
+    """The bundle folder behind ``model.checkpoint`` (the folder, or its model.safetensors), else None."""
+    p = Path(path).expanduser()
+    folder = p.parent if p.is_file() and p.name == WEIGHTS else p
+    if folder.is_dir() and (folder / RELEASE_SUMS).is_file() and (folder / WEIGHTS).is_file():
+        return folder
+    return None
+
+
+def _verified(folder: Path, names: list[str]) -> None:
+    """Each of ``names`` is listed in SHA256SUMS with its current sha256 (what `sam-histo release` wrote)."""
+    import hashlib
+
+    from sam_histo.config import ConfigError
+
+    listed = {}
+    for line in (folder / RELEASE_SUMS).read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name.strip()] = digest.strip()
+    for name in names:
+        h = hashlib.sha256()
+        with open(folder / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if listed.get(name) != h.hexdigest():
+            why = "is not listed in" if name not in listed else "does not match its sha256 in"
+            raise ConfigError(f"model.checkpoint={folder}: {name} {why} {RELEASE_SUMS}; the bundle changed "
+                              "since it was released (release it again, or give a weights file)")
+
+
+def start_from_release(model_cfg: ModelConfig, class_names, num_classes: Optional[int] = None):
+    """A model to fine-tune from a verified release bundle: ``(model, clip_head_path | None, note)``.
+
+    SAM2 weights always load (strictly: the architecture must match); the class-token head (semantic mode)
+    and the tuned CLIP head only when the release's classes equal ``class_names``, else the class-token head
+    is initialised from the decoder as for a fresh start. ``note`` is one line saying what was loaded."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from sam_histo.models.sam import build_sam
+    from sam_histo.models.weights import load_into
+
+    folder = release_folder(model_cfg.checkpoint)
+    heads = {k: v for k, v in RELEASE_HEADS.items() if (folder / v).is_file()}
+    _verified(folder, [WEIGHTS, RELEASE_CLASSES, *heads.values()])
+    theirs = list(json.loads((folder / RELEASE_CLASSES).read_text())["names"])
+    same = theirs == list(class_names)
+    model = build_sam(dataclasses.replace(model_cfg, checkpoint=str(folder / WEIGHTS)), num_classes)
+    loaded = [f"SAM2 weights ({WEIGHTS})"]
+    if num_classes and "semantic" in heads and same:
+        load_into(model.semantic_head, load_file(str(folder / heads["semantic"])), source=str(folder / heads["semantic"]))
+        loaded.append(f"class-token head ({len(theirs)} classes)")
+    clip_head = folder / heads["clip"] if "clip" in heads and same else None
+    if clip_head is not None:
+        loaded.append("CLIP head")
+    note = f"start from release {folder}: {', '.join(loaded)}"
+    if not same:
+        note += (f"; its classes ({', '.join(theirs)}) differ from data.classes ({', '.join(class_names)}): "
+                 "class-token head re-initialised from the decoder" + (", CLIP head not used" if "clip" in heads else ""))
+    elif num_classes and "semantic" not in heads:
+        note += "; the release has no class-token head: initialised from the decoder"
+    return model, clip_head, note

@@ -69,9 +69,20 @@ def describe_weights(classes: ClassSpec, weights: torch.Tensor, stats) -> str:
 
 
 def build_model(cfg: Config, classes: ClassSpec):
+    """The model to train. ``model.checkpoint`` may be a release bundle (folder or its model.safetensors):
+    then its SAM2 weights load, and its heads when its classes are ours (``model.start_note`` says which;
+    an unset ``clip.head`` becomes the release's CLIP head)."""
+    from sam_histo.models.load import release_folder, start_from_release
     from sam_histo.models.sam import build_sam
 
-    return build_sam(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None)
+    num = classes.num_classes if cfg.model.mode == "semantic" else None
+    if cfg.model.checkpoint and release_folder(cfg.model.checkpoint) is not None:
+        model, clip_head, note = start_from_release(cfg.model, classes.names, num)
+        if clip_head is not None and not cfg.clip.head:
+            cfg.clip.head = str(clip_head)
+        model.start_note = note
+        return model
+    return build_sam(cfg.model, num)
 
 
 def set_phase(model, train_cfg: TrainConfig, phase: PhaseConfig, mode: str) -> dict:

@@ -110,6 +110,9 @@ def train(cfg: Config, accelerator=None) -> dict:
     accelerator.print(f"class weights (train split, {len(data.train)} tiles):\n"
                       f"{describe_weights(data.classes, data.class_weights, data.stats)}")
     model = model.to(accelerator.device)
+    start_note = getattr(model, "start_note", None)
+    if start_note:
+        accelerator.print(start_note)
     state, ckpt = resume_state(cfg, run_dir)
     run = Run(cfg, accelerator, run_dir, data, model, state, JsonlLog(run_dir / "metrics.jsonl",
               accelerator.is_main_process, resumed_at=state.step if ckpt else None),
@@ -126,7 +129,8 @@ def train(cfg: Config, accelerator=None) -> dict:
     if cfg.train.log_with:
         accelerator.init_trackers(cfg.name, config=flat_config(cfg))
     run.jsonl.write({"event": "start", "class_weights": dict(zip(data.classes.names, data.class_weights.tolist())),
-                     "world_size": accelerator.num_processes, "resumed_from": str(ckpt) if ckpt else None})
+                     "world_size": accelerator.num_processes, "resumed_from": str(ckpt) if ckpt else None,
+                     "start": start_note})
     try:
         status = fit(run)
     except TrainingError as e:  # diverged: say which checkpoint is the last finite one, never resume it blindly
