@@ -249,3 +249,27 @@ def test_stain_normalised_release_carries_its_reference(tiny_run, tmp_path):
     assert not np.array_equal(expected, image)
     with pytest.raises(ReleaseError, match="stain.reference=.*ref.png is not on this machine"):
         make_release(run, tmp_path / "rel2")
+
+
+def test_predict_tissue_mask_gives_glass_the_ignore_id_and_keeps_it_out_of_heatmaps(bundle, release, tmp_path):
+    """Default for H&E: glass (bright grey) is outside_roi in the label map and never in the heatmap; the
+    tissue half keeps the model's labels. --no-tissue-mask labels every pixel."""
+    from sam_histo.stain.tissue import tissue_mask
+
+    image = _image(64, 128, 7)
+    image[:, 64:] = 245  # glass: the right half
+    Image.fromarray(image).save(tmp_path / "t.png")
+    out = tmp_path / "o"
+    assert main(["--release", str(bundle), "--input", str(tmp_path / "t.png"), "--out", str(out), "--no-rle",
+                 "--heatmap-class", "tumor", "--threshold", "-100", "--min-size", "0"]) == 0
+    tissue = tissue_mask(image, release.config.data.tissue)
+    assert tissue[:, :60].all() and not tissue[:, 68:].any()
+    label = _png(out / "labels/t.png")
+    np.testing.assert_array_equal(label[tissue], _probs(release, image).argmax(0)[tissue])
+    assert (label[~tissue] == 0).all()  # outside_roi: the ignore id (no background class in BCSS)
+    heat = _png(out / "heatmaps/t.png")
+    assert (heat[tissue] == 255).all() and (heat[~tissue] == 0).all()  # threshold -100 z: every tissue pixel
+    np.testing.assert_array_equal(_png(out / "tissue/t.png") > 0, tissue)
+    assert main(["--release", str(bundle), "--input", str(tmp_path / "t.png"), "--out", str(tmp_path / "n"),
+                 "--no-rle", "--no-tissue-mask"]) == 0
+    assert (_png(tmp_path / "n/labels/t.png") > 0).all()

@@ -147,6 +147,41 @@ def predict_one_streamed(release, f: Path, o: Outputs, prob_ids: list[int], args
 
 
 # --------------------------------------------------------------------------------------- heatmaps
+def use_tissue_mask(release, flag: Optional[bool]) -> bool:
+    """``--tissue-mask``: on by default for H&E releases, refused for EM (no glass to find there)."""
+    from sam_histo.config.datasets import modality
+
+    he = modality(release.config.data.dataset) == "he"
+    if flag and not he:
+        raise PredictError("--tissue-mask finds glass on H&E tiles; this release is for "
+                           f"{release.config.data.dataset} data: leave it out")
+    return he if flag is None else bool(flag)
+
+
+def glass_id(classes) -> int:
+    """The id glass gets: ``background`` when it is a class, else the ignore id (BCSS: outside_roi)."""
+    if "background" in classes.names:
+        return classes.names.index("background")
+    if classes.ignore_index is None:
+        raise PredictError("--tissue-mask: this release has neither a background class nor an ignore id to give "
+                           "glass; use --no-tissue-mask")
+    return classes.ignore_index
+
+
+def tissue_png(out: Path, key: str) -> Path:
+    return out / "tissue" / f"{key}.png"
+
+
+def _read_tissue(path: Path, shape) -> np.ndarray:
+    """The tissue mask predict wrote for an image; all tissue without one (--no-tissue-mask, EM)."""
+    if not path.is_file():
+        return np.ones(shape, bool)
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im) > 0
+
+
 def heatmap_settings(release, class_name: str, args) -> tuple[HeatmapConfig, float, str]:
     """(HeatmapConfig, threshold, where the threshold came from). Options given on the command line win;
     otherwise the settings the release's validation chose the threshold under, else the defaults."""
@@ -187,7 +222,9 @@ def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Pa
     hcfg, threshold, source = heatmap_settings(release, class_name, args)
     scores = [np.load(o.score_npy, allow_pickle=False) for o in outputs]
     slides = [slide_id(o.key, args.slide_pattern) for o in outputs]
-    res = run_heatmap(scores, hcfg, slides, threshold=threshold)
+    tissue = [_read_tissue(tissue_png(out, o.key), s.shape) for o, s in zip(outputs, scores)]
+    res = run_heatmap(scores, hcfg, slides, threshold=threshold, tissue=tissue)  # glass out of the z-scores
+    res.masks = [m & t for m, t in zip(res.masks, tissue)]  # and out of the heatmap
     for o, mask in zip(outputs, res.masks):
         save_png(o.heatmap_png, mask.astype(np.uint8) * 255)
     report = {"class_name": class_name, "threshold": threshold, "threshold_source": source,
@@ -213,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="windows per model call (default eval.batch_size)")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (memory)")
     p.add_argument("--expected-digest", default=None, help="sha256 of the bundle's SHA256SUMS, as published")
+    p.add_argument("--tissue-mask", action=argparse.BooleanOptionalAction, default=None,
+                   help="label glass (HSV: saturation <= data.tissue.sat_min or value >= data.tissue.val_max) "
+                        "as background, else the ignore id, and leave it out of heatmaps; default on for H&E")
     h = p.add_argument_group("heatmap of one class")
     h.add_argument("--heatmap-class", default=None, help="class name; writes heatmaps/ and heatmap.json")
     h.add_argument("--threshold", type=float, default=None,
@@ -265,14 +305,29 @@ def main(argv: Optional[list[str]] = None) -> int:
                        heatmap_class=args.heatmap_class) for _, key in inputs]
     todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
     predictor = None
+    from sam_histo.infer.overlay import save_png
+    from sam_histo.stain.tissue import tissue_mask
+
+    tissue_on = use_tissue_mask(release, args.tissue_mask)
+    glass = glass_id(classes) if tissue_on else None
+    unmasked = 0
     for f, o in tqdm(todo, desc="predict", unit="image"):
-        if predict_one_streamed(release, f, o, prob_ids, args):
+        # the tissue mask needs the whole image (morphology): streaming only without it (--no-tissue-mask)
+        if not tissue_on and predict_one_streamed(release, f, o, prob_ids, args):
             continue
         predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)
         label, probs = predictor(image)
+        grey = tissue_on and not (image.max(-1) != image.min(-1)).any()  # HSV finds no stain in grey
+        unmasked += int(grey)
+        if tissue_on and not grey:
+            tissue = tissue_mask(image, release.config.data.tissue)
+            label = np.where(tissue, label, glass)
+            save_png(tissue_png(args.out, o.key), tissue.astype(np.uint8) * 255)
         write_outputs(o, image, label, probs, classes, prob_ids, f.name)
     print(f"predict: {len(todo)} image(s) predicted, {len(inputs) - len(todo)} already done; outputs in {args.out}")
+    if unmasked:
+        print(f"predict: {unmasked} grey image(s) not tissue-masked (the HSV detector needs colour)")
     if args.heatmap_class:
         rep = run_heatmaps(outputs, release, args.heatmap_class, args, args.out)
         last = rep["steps"][-1]
