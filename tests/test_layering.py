@@ -104,3 +104,15 @@ def test_functions_under_60_lines_and_modules_under_400():
                 if node.end_lineno - node.lineno + 1 > 60:
                     too_long.append(f"{name}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert too_long == []
+
+
+def test_one_png_writer():
+    """Every PNG the package writes goes through sam_histo.files.save_png (atomic): no other module calls
+    PIL's save."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "sam_histo"
+    writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
+               if re.search(r"Image\.fromarray\([^\n]*\)\.save\(|\bim(age)?\.save\(", p.read_text())]
+    assert writers == ["files.py"], writers

@@ -29,7 +29,7 @@ from sam_histo.data.base import (Adapter, DecodeCache, Problems, cache_root, che
                                  image_size, list_images, log, read_codes, read_rgb)
 from sam_histo.data.splits import split_by_slide
 from sam_histo.data.types import ClassSpec, DataError, Sample
-from sam_histo.files import atomic_path, write_json
+from sam_histo.files import save_png, write_json
 
 NAMES = ("background", "CT", "LE", "IT")
 CROP = re.compile(r"^(?P<slide>[^_]+)_(?P<n>\d+)_(?P<cls>CT|LE|IT)(?P<k>\d+)_preprocessed$")
@@ -186,7 +186,4 @@ class LGG(Adapter):
 
 
 def _write_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp)
+    save_png(path, arr)

@@ -40,10 +40,9 @@ LGG_TOKENS = ("background", "CT", "LE", "IT")
 
 
 def _save_png(path: Path, arr: np.ndarray) -> None:
-    from PIL import Image
+    from sam_histo.files import save_png
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, compress_level=1)
+    save_png(path, arr, compress_level=1)
 
 
 def _stain_strength(rng) -> tuple[float, float]:

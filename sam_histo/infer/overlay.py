@@ -7,8 +7,7 @@ classes stay visible at a glance. Pixels with ``ignore_index`` and classes whose
 background) are left as they are. ``colors`` is usually ``ClassSpec.colors()``; a heatmap is drawn with
 ``overlay(image, mask.astype(int), [None, (255, 0, 0)])``.
 
-:func:`save_png` writes through a temporary file and ``os.replace``, so an interrupted run leaves no
-half-written PNG for the next run to skip as finished.
+:func:`save_png` is ``sam_histo.files.save_png``, the one PNG writer of the package (atomic).
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 from skimage.segmentation import find_boundaries
 
-from sam_histo.files import atomic_path
+from sam_histo.files import save_png  # noqa: F401  (the one PNG writer; re-exported for callers)
 
 Color = Optional[Sequence[int]]
 
@@ -79,26 +78,3 @@ def overlay(
         edge = find_boundaries(labels, mode="inner") & paint
         out[edge] = lut[labels[edge]]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def save_png(path: str | Path, array: np.ndarray) -> Path:
-    """Write a PNG atomically (temporary file in the same folder, then ``os.replace``); returns ``path``.
-
-    array: uint8 (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint16 (H, W) 16-bit grey; any other
-    integer (H, W) map (e.g. an int64 label map) is stored as 8-bit when its ids fit in 0..255, else 16-bit.
-    """
-    a = np.asarray(array)
-    if a.dtype == bool or not np.issubdtype(a.dtype, np.integer):
-        raise ValueError(f"save_png got dtype {a.dtype}; give integers (a mask as mask.astype(np.uint8) * 255, "
-                         "probabilities as np.rint(p * 255).astype(np.uint8))")
-    if a.ndim == 3 and (a.shape[2] not in (3, 4) or a.dtype != np.uint8):
-        raise ValueError(f"save_png got shape {a.shape} {a.dtype}; colour images are uint8 (H, W, 3 or 4)")
-    if a.ndim not in (2, 3):
-        raise ValueError(f"save_png got shape {a.shape}; expected (H, W) or (H, W, 3|4)")
-    if a.ndim == 2 and a.dtype not in (np.uint8, np.uint16):
-        if a.size and (a.min() < 0 or a.max() > 65535):
-            raise ValueError(f"ids {a.min()}..{a.max()} do not fit a 16-bit PNG (0..65535)")
-        a = a.astype(np.uint8 if a.size == 0 or a.max() <= 255 else np.uint16)
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG")
-    return Path(path)

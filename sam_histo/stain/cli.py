@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from sam_histo.config import StainConfig
-from sam_histo.files import atomic_path, write_json
+from sam_histo.files import write_json
 from sam_histo.stain.base import FallbackCounter, StainError, list_images, load_references, read_rgb
 from sam_histo.stain.normalize import make_normalizer
 
@@ -40,11 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _write_png(img, path: Path) -> None:
-    """Write atomically: a temporary file in the same folder, then rename over the final name."""
-    from PIL import Image
+    """Write atomically (sam_histo.files.save_png)."""
+    from sam_histo.files import save_png
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(img).save(tmp, format="PNG")
+    save_png(path, img)
 
 
 def _check_manifest(out_dir: Path, settings: dict) -> None:

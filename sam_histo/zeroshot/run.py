@@ -109,14 +109,10 @@ def no_masks_message(zs_cfg, n_images: int, n_generated: int, random_init: bool)
 
 def write_label_png(label: np.ndarray, path: Path) -> Path:
     """An id map as a single-channel PNG (uint8 below 256 ids, else uint16), written atomically."""
-    from PIL import Image
-
-    from sam_histo.files import atomic_path
+    from sam_histo.files import save_png
 
     dtype = np.uint8 if label.max(initial=0) < 256 else np.uint16
-    with atomic_path(path) as tmp:
-        Image.fromarray(label.astype(dtype)).save(tmp)
-    return path
+    return save_png(path, label.astype(dtype))
 
 
 def read_label_png(path: Path) -> np.ndarray:
