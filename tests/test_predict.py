@@ -59,7 +59,9 @@ def test_predict_large_image_writes_every_output_at_its_size(bundle, release, tm
     for c, name in enumerate(release.classes.names[1:], start=1):
         np.testing.assert_array_equal(_png(tmp_path / f"o/probs/big/{c}_{name}.png"), np.rint(probs[c] * 255))
     assert not (tmp_path / "o/probs/big/0_outside_roi.png").exists()
-    assert _png(tmp_path / "o/overlays/big.png").shape == (150, 200, 3)
+    drawn = _png(tmp_path / "o/overlays/big.png")
+    assert drawn.shape[1:] == (200, 3) and drawn.shape[0] > 150  # the tile, then its legend band
+    assert (drawn[150:] == 255).mean() > 0.5  # a white band holding swatches and names
 
 
 def test_predict_folders_formats_and_resume(bundle, release, tmp_path, capsys):

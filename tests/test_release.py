@@ -261,3 +261,22 @@ def test_a_release_is_a_starting_point_for_fine_tuning(bundle, copy_of):
     cfg.model.checkpoint = str(copy_of)
     with pytest.raises(ConfigError, match=r"semantic_head.safetensors does not match its sha256 in SHA256SUMS"):
         build_model(cfg, class_spec(cfg.data))
+
+
+def test_model_card_sam2_snippet_run_inside_the_bundle_leaves_it_valid(copy_of, tmp_path, monkeypatch):
+    """The card's "with sam2 alone" block, run as written from inside the bundle, builds the model and writes
+    its .pt outside, so load_release still accepts the folder."""
+    import re
+
+    monkeypatch.chdir(copy_of)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    card = (copy_of / "README.md").read_text()
+    block = [b for b in re.findall(r"```python\n(.*?)```", card, re.S) if "build_sam2" in b][0]
+    scope = {}
+    exec(block, scope)
+    assert scope["sam"] is not None and (tmp_path / "sam2_model.pt").is_file()
+    assert sorted(p.name for p in copy_of.iterdir()) == sorted(FILES)
+    sam_histo.load_release(copy_of)

@@ -146,6 +146,27 @@ def test_nonfinite_losses_are_skipped_and_a_run_of_them_stops(six_tiles, tmp_pat
         loop.train(load_config(None, overrides(six_tiles, tmp_path, "all_nan", 4, 1, "train.max_nonfinite=3")))
 
 
+def test_each_end_of_a_run_prints_why_and_where(six_tiles, tmp_path, monkeypatch, capsys):
+    """finish, early stop and divergence each end with one line naming the reason and the report."""
+    loop.train(load_config(None, overrides(six_tiles, tmp_path, "done", 1, 2, "data.val_fraction=0.34")))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("training finished all 2 epochs; best val macro dice") and \
+        last.endswith(f"report {tmp_path / 'done' / 'eval' / 'val' / 'report.md'}")
+    # patience 1 and an impossible gain: the second validation stops the run
+    loop.train(load_config(None, overrides(six_tiles, tmp_path, "early", 1, 4, "data.val_fraction=0.34", "train.early_stop.patience=1",
+                                           "train.early_stop.min_delta=10")))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("training stopped early after epoch 1: val macro dice gained less than 10.0 in 1 ")
+    assert last.endswith(f"report {tmp_path / 'early' / 'eval' / 'val' / 'report.md'}")
+    real = loop.batch_loss
+    monkeypatch.setattr(loop, "batch_loss", lambda *a, **k: {**real(*a, **k), "total": torch.tensor(float("nan"))})
+    with pytest.raises(TrainingError):
+        loop.train(load_config(None, overrides(six_tiles, tmp_path, "nan", 4, 1, "train.max_nonfinite=2")))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("training stopped at step 1, diverging: 2 non-finite loss values in a row at step 1;")
+    assert last.endswith(f"checkpoints in {tmp_path / 'nan' / 'checkpoints'}")
+
+
 def test_resume_never_refuses_a_run_folder_with_checkpoints(six_tiles, tmp_path):
     args = overrides(six_tiles, tmp_path, "once", 2, 1)
     loop.train(load_config(None, args))

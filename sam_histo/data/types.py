@@ -14,10 +14,14 @@ import numpy as np
 from sam_histo.errors import DataError  # noqa: F401  (re-exported: data.types.DataError)
 
 # Distinct colours for overlays and reports (class id -> RGB); the ignore id is drawn black.
+# Class colours: Okabe & Ito's colour-blind-safe set, without its reddish purple (reads as eosin) and with
+# the blues kept for ids that are not tissue classes of H&E (id 0: LGG background, ignored in BCSS), so a
+# tint never looks like haematoxylin (blue-purple) or eosin (pink). Ids 1-6 (BCSS: tumor, stroma,
+# lymphocytic_infiltrate, necrosis_or_debris, blood_vessel, other) are orange, bluish green, sky blue,
+# vermillion, yellow and neutral grey; further ids repeat darker shades.
 PALETTE = [
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128),
-    (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195),
+    (0, 114, 178), (230, 159, 0), (0, 158, 115), (86, 180, 233), (213, 94, 0), (240, 228, 66),
+    (160, 160, 160), (153, 102, 0), (0, 102, 77), (43, 90, 117), (128, 60, 0), (153, 145, 40),
 ]
 
 

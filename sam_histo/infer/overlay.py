@@ -1,6 +1,7 @@
 """Label maps drawn over their image, and PNG writing that a resumed run can trust.
 
 :func:`overlay` tints each pixel with its class colour, ``out = (1 - alpha) * image + alpha * colour``, and
+(``image`` being the grey level of each tinted pixel, so the class colour is not shifted by the stain), and
 with ``outline`` draws every region's border (the outermost pixels of each region, so the lines stay inside
 it: ``skimage.segmentation.find_boundaries(mode="inner")``) in the full colour, so small regions and touching
 classes stay visible at a glance. Pixels with ``ignore_index`` and classes whose colour is ``None`` (e.g.
@@ -51,7 +52,7 @@ def overlay(
     image: np.ndarray,
     label_map: np.ndarray,
     colors: Sequence[Color],
-    alpha: float = 0.45,
+    alpha: float = 0.5,
     ignore_index: Optional[int] = None,
     outline: bool = True,
 ) -> np.ndarray:
@@ -73,8 +74,58 @@ def overlay(
     if ignore_index is not None:
         paint &= labels != ignore_index
     out = rgb.astype(np.float32)
-    out[paint] = (1.0 - alpha) * out[paint] + alpha * lut[labels[paint]]
+    # Tint the grey (luminance) of the tissue, not its colour: a tint over pink eosin or blue-purple
+    # haematoxylin would change hue (green over pink reads as purple); over grey the class colour stays true
+    # and the texture stays visible.
+    grey = out[paint] @ np.array([0.299, 0.587, 0.114], np.float32)
+    out[paint] = (1.0 - alpha) * grey[:, None] + alpha * lut[labels[paint]]
     if outline:
         edge = find_boundaries(labels, mode="inner") & paint
         out[edge] = lut[labels[edge]]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def legend_band(width: int, entries: Sequence[tuple[str, Color]], title: str = "") -> np.ndarray:
+    """(h, width, 3) uint8 white band naming each colour: a swatch and its name per entry, in rows that fit
+    ``width``; the font grows with the width so the band stays legible when a large tile is viewed whole."""
+    from PIL import ImageDraw, ImageFont
+
+    size = int(np.clip(width / 45, 11, 48))
+    font = ImageFont.load_default(size=size)
+    pad, sw = size // 2, size
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = ([(title, None)] if title else []) + list(entries)
+    rows, row, x = [], [], pad
+    for text, colour in items:
+        w = sw + pad // 2 + int(probe.textlength(text, font=font)) + 2 * pad if colour is not None else \
+            int(probe.textlength(text, font=font)) + 2 * pad
+        if row and x + w > width:
+            rows.append(row)
+            row, x = [], pad
+        row.append((x, text, colour))
+        x += w
+    rows.append(row)
+    line = size + pad
+    band = Image.new("RGB", (width, pad + line * len(rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(band)
+    for r, items_in_row in enumerate(rows):
+        y = pad // 2 + r * line
+        for x0, text, colour in items_in_row:
+            if colour is None:
+                draw.text((x0, y), text, fill=(0, 0, 0), font=font)
+                continue
+            draw.rectangle([x0, y, x0 + sw, y + sw], fill=tuple(int(v) for v in colour), outline=(60, 60, 60))
+            draw.text((x0 + sw + pad // 2, y), text, fill=(0, 0, 0), font=font)
+    return np.asarray(band)
+
+
+def overlay_with_legend(image: np.ndarray, label_map: np.ndarray, names: Sequence[str], colors: Sequence[Color],
+                        ignore_index: Optional[int] = None, present_only: bool = True) -> np.ndarray:
+    """:func:`overlay` with a :func:`legend_band` below it naming the classes drawn (the ignore id as
+    "not tissue / ignored": left untinted)."""
+    drawn = overlay(image, label_map, colors, ignore_index=ignore_index)
+    ids = [int(i) for i in np.unique(label_map)] if present_only else list(range(len(names)))
+    entries = [(names[i], colors[i]) for i in ids if i != ignore_index and colors[i] is not None]
+    if ignore_index is not None and ignore_index in ids:
+        entries.append((f"untinted: {names[ignore_index]} (ignored)", (255, 255, 255)))
+    return np.concatenate([drawn, legend_band(drawn.shape[1], entries, "classes:")], axis=0)

@@ -59,11 +59,13 @@ def _how_to_load(info: dict) -> list[str]:
              "```bash", "sam-histo predict --release THIS_FOLDER --input images/ --out predictions/ --probs", "```", ""]
     if build.get("config_file"):
         lines += ["With sam2 alone (`model.safetensors` holds the SAM2Base state dict in the official key layout):",
-                  "", "```python", "import torch", "from safetensors.torch import load_file",
+                  "", "```python", "import os, tempfile", "import torch", "from safetensors.torch import load_file",
                   "from sam2.build_sam import build_sam2",
                   f"overrides = {json.dumps(build['hydra_overrides_extra'])}",
-                  "torch.save({\"model\": load_file(\"model.safetensors\")}, \"sam2_model.pt\")  # sam2 reads .pt",
-                  f"sam = build_sam2(\"{build['config_file']}\", \"sam2_model.pt\", device=\"cpu\",",
+                  "# sam2 reads .pt; write it outside this folder so that SHA256SUMS stays valid",
+                  "pt = os.path.join(tempfile.gettempdir(), \"sam2_model.pt\")",
+                  "torch.save({\"model\": load_file(\"model.safetensors\")}, pt)",
+                  f"sam = build_sam2(\"{build['config_file']}\", pt, device=\"cpu\",",
                   "                 hydra_overrides_extra=overrides)", "```"]
     else:
         lines.append(f"sam2's `build_sam2` cannot build this architecture: {build.get('reason')}")

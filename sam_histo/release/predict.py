@@ -113,7 +113,7 @@ def make_predictor(release, overlap: Optional[float] = None, batch_size: Optiona
 # -------------------------------------------------------------------------------------- one image
 def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.ndarray, classes,
                   prob_ids: list[int], file_name: str) -> None:
-    from sam_histo.infer.overlay import overlay, save_png
+    from sam_histo.infer.overlay import overlay_with_legend, save_png
     from sam_histo.infer.rle import encode_label_map, write_records
 
     if o.probs:
@@ -122,7 +122,8 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
     if o.heatmap_class:
         save_npy(o.score_npy, probs[classes.id_of(o.heatmap_class)].astype(np.float32))
     if o.overlay:
-        save_png(o.overlay_png, overlay(image, label, classes.colors(), ignore_index=classes.ignore_index))
+        save_png(o.overlay_png, overlay_with_legend(image, label, classes.names, classes.colors(),
+                                                    ignore_index=classes.ignore_index))
     if o.rle:
         present = [int(c) for c in np.unique(label) if c != classes.ignore_index]
         scores = {c: float(probs[c][label == c].mean()) for c in present}  # mean probability of its pixels
@@ -214,7 +215,17 @@ def slide_id(key: str, pattern: Optional[str]) -> str:
     return m.group(1) if m.groups() else m.group(0)
 
 
-def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Path) -> dict:
+def draw_heatmap(path: Path, image_file: Path, score, mask, tissue, class_name, units, threshold, args) -> None:
+    """heatmap_views/KEY.png: the heatmap over its tile with a colour bar (skipped when already drawn)."""
+    from sam_histo.scoring.plots import plot_heatmap
+
+    if path.is_file() or image_file is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_heatmap(path, read_image(image_file, args.max_pixels), score, mask, tissue, class_name, units, threshold)
+
+
+def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Path, files=None) -> dict:
     from sam_histo.files import write_json
     from sam_histo.infer.heatmap import run_heatmap
     from sam_histo.infer.overlay import save_png
@@ -225,8 +236,10 @@ def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Pa
     tissue = [_read_tissue(tissue_png(out, o.key), s.shape) for o, s in zip(outputs, scores)]
     res = run_heatmap(scores, hcfg, slides, threshold=threshold, tissue=tissue)  # glass out of the z-scores
     res.masks = [m & t for m, t in zip(res.masks, tissue)]  # and out of the heatmap
-    for o, mask in zip(outputs, res.masks):
+    units = "z-score per slide" if hcfg.zscore else f"P({class_name})"
+    for o, mask, s, t, f in zip(outputs, res.masks, res.scores, tissue, files or [None] * len(outputs)):
         save_png(o.heatmap_png, mask.astype(np.uint8) * 255)
+        draw_heatmap(out / "heatmap_views" / f"{o.key}.png", f, s, mask, t, class_name, units, threshold, args)
     report = {"class_name": class_name, "threshold": threshold, "threshold_source": source,
               "units": "z-scores per slide" if hcfg.zscore else "probability", "settings": dataclasses.asdict(hcfg),
               "steps": res.steps, "slides": {s: slides.count(s) for s in dict.fromkeys(slides)},
@@ -329,7 +342,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unmasked:
         print(f"predict: {unmasked} grey image(s) not tissue-masked (the HSV detector needs colour)")
     if args.heatmap_class:
-        rep = run_heatmaps(outputs, release, args.heatmap_class, args, args.out)
+        rep = run_heatmaps(outputs, release, args.heatmap_class, args, args.out, [f for f, _ in inputs])
         last = rep["steps"][-1]
         print(f"heatmap {args.heatmap_class}: threshold {rep['threshold']:.4g} ({rep['units']}; from "
               f"{rep['threshold_source']}), {100 * last['positive_fraction']:.2f} % positive after "

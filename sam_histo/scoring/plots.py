@@ -12,6 +12,14 @@ import numpy as np
 from sam_histo.data.types import ClassSpec
 
 
+def _savefig(fig, path: Path, dpi: int) -> None:
+    """Write a figure as PNG atomically (as sam_histo.files.save_png does for arrays)."""
+    from sam_histo.files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+
+
 def _plt():
     import matplotlib
 
@@ -51,7 +59,7 @@ def plot_confusion(metrics: dict, path: Path) -> Path:
     ax.set_title(f"Confusion, row-normalised (split {metrics.get('split') or '?'})")
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the class's pixels")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path, 120)
     plt.close(fig)
     return path
 
@@ -79,7 +87,7 @@ def plot_per_class(metrics: dict, classes: ClassSpec, path: Path) -> Path:
     ax.set_title(f"Per class, split {metrics.get('split') or '?'}")
     ax.legend(fontsize=7, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.18))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _savefig(fig, path, 120)
     plt.close(fig)
     return path
 
@@ -91,23 +99,30 @@ def colorize(labels: np.ndarray, classes: ClassSpec) -> np.ndarray:
     return lut[np.asarray(labels, np.int64)]
 
 
+# The error panel's colours (Okabe & Ito yellow, vermillion, blue; dimmed image; black), named in its legend.
+ERROR_COLOURS = {"correct (TP)": (240, 228, 66), "missed (FN)": (213, 94, 0), "false alarm (FP)": (0, 114, 178),
+                 "ignored": (0, 0, 0)}
+
+
 def overlay_panel(
     image: Optional[np.ndarray], gt: np.ndarray, pred: np.ndarray, classes: ClassSpec, class_id: int
 ) -> list[np.ndarray]:
     """Three RGB uint8 views of one 2-D image: ground truth, prediction, and the errors of ``class_id``.
 
     image: (H, W, 3) uint8 or None (a grey background is used); gt, pred: (H, W) ids. The error view marks
-    true positives green, false negatives (missed) blue and false positives red.
+    true positives yellow, false negatives (missed) orange and false positives blue (ERROR_COLOURS: apart for
+    every kind of colour blindness), other pixels dimmed and ignored ones black.
     """
     base = np.full((*gt.shape, 3), 200, np.uint8) if image is None else np.asarray(image, np.uint8)[..., :3]
-    blend = lambda lab: (0.55 * base + 0.45 * colorize(lab, classes)).astype(np.uint8)  # noqa: E731
+    # the class colour over the tissue's grey level, as infer.overlay does: a tint over the stain shifts its hue
+    grey = (base.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    blend = lambda lab: (0.5 * grey + 0.5 * colorize(lab, classes)).astype(np.uint8)  # noqa: E731
     g, p = gt == class_id, pred == class_id
     err = (0.6 * base).astype(np.uint8)
-    err[g & p] = (40, 200, 40)
-    err[g & ~p] = (40, 90, 230)
-    err[~g & p] = (230, 40, 40)
+    for where, key in ((g & p, "correct (TP)"), (g & ~p, "missed (FN)"), (~g & p, "false alarm (FP)")):
+        err[where] = ERROR_COLOURS[key]
     if classes.ignore_index is not None:
-        err[gt == classes.ignore_index] = (0, 0, 0)
+        err[gt == classes.ignore_index] = ERROR_COLOURS["ignored"]
     return [blend(gt), blend(pred), err]
 
 
@@ -137,20 +152,56 @@ def write_overlays(
         views = overlay_panel(image, gt, pred, classes, c)
         if image is not None:
             views.insert(0, np.asarray(image, np.uint8)[..., :3])
-        titles = (["image"] if image is not None else []) + [
-            "ground truth", "prediction", f"{class_name}: TP green, missed blue, FP red"]
-        fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 3.6))
+        titles = (["image"] if image is not None else []) + ["ground truth", "prediction", f"errors: {class_name}"]
+        fig, axes = plt.subplots(1, len(views), figsize=(3.2 * len(views), 4.2))
         for ax, view, title in zip(axes, views, titles):
             ax.imshow(view)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
-        legend = [Patch(color=np.array(col) / 255, label=n) for n, col in zip(classes.names, classes.colors())]
-        fig.legend(handles=legend, loc="lower center", ncol=min(len(legend), 8), fontsize=7)
-        fig.suptitle(f"{tag} {rank}: {name} — {class_name} Dice {score:.3f}", fontsize=10)
-        fig.tight_layout(rect=(0, 0.08, 1, 1))
+        legend = [Patch(facecolor=np.array(col) / 255, edgecolor="0.3",
+                        label=f"{n} (ignored)" if i == classes.ignore_index else n)
+                  for i, (n, col) in enumerate(zip(classes.names, classes.colors()))]
+        fig.legend(handles=legend, loc="lower left", bbox_to_anchor=(0.0, 0.0), ncol=min(len(legend), 4),
+                   fontsize=7, title="classes (ground truth, prediction)", title_fontsize=7, frameon=False)
+        errs = [Patch(facecolor=np.array(col) / 255, edgecolor="0.3", label=k) for k, col in ERROR_COLOURS.items()]
+        errs.append(Patch(facecolor="0.45", edgecolor="0.3", label="other pixels (dimmed)"))
+        fig.legend(handles=errs, loc="lower right", bbox_to_anchor=(1.0, 0.0), ncol=2, fontsize=7,
+                   title=f"errors of {class_name}", title_fontsize=7, frameon=False)
+        shown = str(name) if len(str(name)) <= 40 else f"{str(name)[:37]}..."
+        fig.suptitle(f"{tag} {rank}: {shown}, {class_name} Dice {score:.3f}", fontsize=10)
+        fig.tight_layout(rect=(0, 0.17, 1, 0.97))
         safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(name))
         path = out_dir / f"overlay_{tag}_{rank}_{safe}.png"
-        fig.savefig(path, dpi=100)
+        _savefig(fig, path, 100)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_heatmap(path: Path, image: np.ndarray, score: np.ndarray, mask: np.ndarray, tissue: np.ndarray,
+                 class_name: str, units: str, threshold: float, max_side: int = 1200) -> Path:
+    """The heatmap drawn over its tile: ``score`` (float (H, W), z-scores or probabilities) in a colour map
+    over the tile on tissue (glass left bare), the thresholded ``mask`` outlined, and a colour bar in
+    ``units``. Images larger than ``max_side`` are shown at a stride (the saved maps keep full size)."""
+    plt = _plt()
+    from matplotlib.lines import Line2D
+
+    step = max(1, int(np.ceil(max(score.shape) / max_side)))
+    image, score = np.asarray(image)[::step, ::step, :3], np.asarray(score, np.float32)[::step, ::step]
+    mask, tissue = np.asarray(mask, bool)[::step, ::step], np.asarray(tissue, bool)[::step, ::step]
+    h, w = score.shape
+    fig, ax = plt.subplots(figsize=(min(10.0, 2.0 + 6.0 * w / max(h, w)) + 1.5, 1.2 + 6.0 * h / max(h, w)))
+    ax.imshow(image)
+    shown = np.ma.masked_where(~tissue, score)
+    im = ax.imshow(shown, cmap="cividis", alpha=0.55)  # cividis: readable with any colour vision
+    if mask.any():
+        ax.contour(mask.astype(np.uint8), levels=[0.5], colors=["#E69F00"], linewidths=1.5)
+    ax.axis("off")
+    ax.set_title(f"{class_name}: {units}, threshold {threshold:.3g}", fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, label=units)
+    ax.legend(handles=[Line2D([], [], color="#E69F00", lw=2, label=f"{class_name} heatmap (>= threshold, cleaned)")],
+              loc="upper center", bbox_to_anchor=(0.5, -0.01), fontsize=8, frameon=False)
+    fig.tight_layout()
+    _savefig(fig, path, 100)
+    plt.close(fig)
+    return Path(path)

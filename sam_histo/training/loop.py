@@ -29,6 +29,7 @@ from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
     Preemption,
+    TrainingError,
     TrainState,
     flat_config,
     make_accelerator,
@@ -134,10 +135,13 @@ def train(cfg: Config, accelerator=None) -> dict:
     try:
         status = fit(run)
     except TrainingError as e:  # diverged: say which checkpoint is the last finite one, never resume it blindly
+        say_why_it_ended(run, "diverged", str(e))
         raise mark_diverged(run_dir, state.step, str(e), write=accelerator.is_main_process) from None
     finally:
         run.preempt.restore()
-    return finish(run, status)
+    result = finish(run, status)
+    say_why_it_ended(run, status)
+    return result
 
 
 def preflight(cfg: Config):
@@ -297,6 +301,26 @@ def validate_epoch(run: Run, epoch: int) -> bool:
         scalars.update({f"val/dice/{k}": v["dice"] for k, v in per_class.items() if v["dice"] is not None})
         acc.log(scalars, step=state.step)
     return bool(es.patience) and state.bad_validations >= es.patience
+
+
+def say_why_it_ended(run: Run, status: str, detail: str = "") -> None:
+    """One console line: why the run ended and where its report (or checkpoint) is."""
+    cfg, state = run.cfg, run.state
+    metric = f"val macro {cfg.train.early_stop.metric}"
+    best = ("no validation yet" if state.best is None else
+            f"best {metric} {state.best:.4f} at epoch {state.best_epoch}")
+    report = run.run_dir / "eval" / "val" / "report.md"
+    es = cfg.train.early_stop
+    why = {
+        "finished": f"finished all {cfg.train.epochs} epochs",
+        "early_stopped": (f"stopped early after epoch {state.epoch - 1}: {metric} gained less than {es.min_delta} "
+                          f"in {es.patience} validations (train.early_stop)"),
+        "preempted": f"preempted at step {state.step} (signal): checkpoint written, resume with train.resume=auto",
+        "diverged": f"stopped at step {state.step}, diverging: {detail.split(':')[0]}",
+    }.get(status, status)
+    where = (f"report {report}" if status in ("finished", "early_stopped") and report.is_file() else
+             f"checkpoints in {run.run_dir / ck.CKPT_DIR}")
+    run.accelerator.print(f"training {why}; {best}; {where}")
 
 
 def finish(run: Run, status: str) -> dict:
