@@ -27,17 +27,66 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+THREADS_ENV = "SAM_HISTO_THREADS"
+
+
+def default_threads() -> int:
+    """Half the CPU cores this process may use (at least 1, at most 8). torch's own default, every core,
+    makes each small op wait for a scheduler slice on a busy machine (DESIGN.md section 5: the demo took
+    6-9 min instead of 35 s on 2 loaded cores); the other half is left to data loading and other jobs."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores // 2))
+
+
+def apply_threads(argv: list[str]) -> tuple[list[str], int]:
+    """Take ``--threads N`` (anywhere on the line) off ``argv`` and set torch's intra-op threads: N, else
+    $SAM_HISTO_THREADS, else $OMP_NUM_THREADS, else :func:`default_threads`. Returns (argv, threads)."""
+    import os
+
+    rest, chosen = [], None
+    it = iter(argv)
+    for word in it:
+        if word == "--threads":
+            chosen = next(it, "")
+        elif word.startswith("--threads="):
+            chosen = word.split("=", 1)[1]
+        else:
+            rest.append(word)
+    chosen = chosen or os.environ.get(THREADS_ENV) or os.environ.get("OMP_NUM_THREADS") or default_threads()
+    try:
+        n = int(chosen)
+        if n < 1:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"sam-histo: --threads / {THREADS_ENV} must be a positive integer, got {chosen!r}") from None
+    os.environ["OMP_NUM_THREADS"] = str(n)  # read by torch at import, and by data-loader workers
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    return rest, n
+
+
 def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: sam-histo COMMAND [ARGS]", "", "commands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "`sam-histo COMMAND --help` for the options of one command."]
+    lines += ["", "`sam-histo COMMAND --help` for the options of one command.",
+              f"--threads N (anywhere; or ${THREADS_ENV}, else $OMP_NUM_THREADS): torch intra-op threads, default "
+              f"half the cores, 1-8 (here {default_threads()})"]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    argv, _ = apply_threads(argv)
+    if not argv:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]

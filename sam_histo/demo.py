@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from sam_histo.config.argv import first_paragraph
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     from sam_histo.data.synthetic import write_bcss
     from sam_histo.training.loop import train
 
-    ap = argparse.ArgumentParser(prog="sam-histo demo", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="sam-histo demo", description=first_paragraph(__doc__))
     ap.add_argument("--out", default="demo_run", help="run folder (created); data goes to OUT/data")
     ap.add_argument("--n", type=int, default=8, help="synthetic ROIs to write")
     ap.add_argument("--seed", type=int, default=0)

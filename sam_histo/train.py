@@ -9,7 +9,10 @@ import sys
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.getcwd()) != _here]
 
-from sam_histo.training.loop import main  # noqa: E402
+from sam_histo.cli import apply_threads  # noqa: E402  (before torch is imported: OMP_NUM_THREADS)
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    argv, _ = apply_threads(sys.argv[1:])
+    from sam_histo.training.loop import main
+
+    raise SystemExit(main(argv))

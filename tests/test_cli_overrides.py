@@ -56,3 +56,38 @@ def test_bare_config_name_ignores_a_folder_of_that_name(tmp_path, monkeypatch):
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_config("demo").name == "demo"
+
+
+def test_threads_option_env_and_default(monkeypatch):
+    import torch
+
+    from sam_histo.cli import THREADS_ENV, apply_threads, default_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv(THREADS_ENV, raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        argv, n = apply_threads(["train", "--config", "c", "--threads", "3", "a=1"])
+        assert argv == ["train", "--config", "c", "a=1"] and n == 3 and torch.get_num_threads() == 3
+        monkeypatch.setenv(THREADS_ENV, "2")
+        assert apply_threads(["demo"])[1] == 2 and apply_threads(["demo", "--threads=1"])[1] == 1
+        monkeypatch.delenv(THREADS_ENV)
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert apply_threads(["demo"])[1] == default_threads() >= 1
+        import os
+
+        assert default_threads() == max(1, min(8, len(os.sched_getaffinity(0)) // 2))
+        with pytest.raises(SystemExit, match="must be a positive integer, got '0'"):
+            apply_threads(["demo", "--threads", "0"])
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("argv", [["model", "info"], ["fetch-weights"], ["validate"], ["em", "predict"],
+                                  ["em", "sweep"], ["release"], ["train"], ["stats"], ["score"], ["predict"]])
+def test_help_texts_are_whole_sentences(argv, capsys):
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n")[1].strip()
+    assert description and description[-1] in ".)", description

@@ -55,7 +55,7 @@ def test_predict_large_image_writes_every_output_at_its_size(bundle, release, tm
     assert {r["category_id"] for r in records} == set(np.unique(label).tolist())
     for r in records:
         c = r["category_id"]
-        assert r["image_id"] == "big" and r["score"] == pytest.approx(probs[c][label == c].mean())
+        assert r["image_id"] == 0 and r["file_name"] == "big.png" and r["score"] == pytest.approx(probs[c][label == c].mean())
     for c, name in enumerate(release.classes.names[1:], start=1):
         np.testing.assert_array_equal(_png(tmp_path / f"o/probs/big/{c}_{name}.png"), np.rint(probs[c] * 255))
     assert not (tmp_path / "o/probs/big/0_outside_roi.png").exists()

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from sam_histo.config.argv import first_paragraph
 
 BENCHMARKS = {
     "stain": "Macenko normalisation: fit + transform of real H&E tiles, ours vs torchstain (numpy)",
@@ -77,7 +78,7 @@ def result(name: str, ours_per_s: float, peer: str, peer_per_s: float, agreement
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sam-histo bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sam-histo bench", description=first_paragraph(__doc__))
     sub = parser.add_subparsers(dest="name", required=True, metavar="NAME")
     for name, text in BENCHMARKS.items():
         p = sub.add_parser(name, help=text, description=text)

@@ -42,3 +42,9 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
                      "e.g. train.epochs=5)")
     args.overrides = [*(getattr(args, "overrides", None) or []), *rest]
     return args
+
+
+def first_paragraph(doc: str | None) -> str:
+    """A module docstring's first paragraph as one line: a parser description that ends where its sentence
+    does (``__doc__.splitlines()[0]`` stops mid-sentence when the sentence wraps)."""
+    return " ".join((doc or "").strip().split("\n\n")[0].split())

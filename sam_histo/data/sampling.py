@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     from sam_histo.config.argv import add_overrides_help, parse_with_overrides
     from sam_histo.data.dataset import build_dataset
 
-    ap = argparse.ArgumentParser(prog="sam-histo stats", description="class frequencies, weights and rates")
+    ap = argparse.ArgumentParser(prog="sam-histo stats", description="Class pixel and image frequencies, loss weights and oversampling rates of a split.")
     ap.add_argument("--config", required=True, help="a YAML config (path, or a name under configs/)")
     ap.add_argument("--split", default="train", choices=("train", "val", "test", "all"))
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sam_histo.data import render
 from sam_histo.data.render import Style
+from sam_histo.config.argv import first_paragraph
 
 SITES = ("A1", "A2", "AR", "BH", "E2", "OL")  # TCGA tissue source site codes
 # BCSS code -> look (codes from meta/gtruth_codes.tsv: 1 tumor, 2 stroma, 3 lymphocytic_infiltrate,
@@ -178,7 +179,7 @@ DEFAULTS = {"bcss": (6, 512), "lgg": (6, 256), "vesicle": (24, 128)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="sam-histo synth", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="sam-histo synth", description=first_paragraph(__doc__))
     ap.add_argument("kind", choices=sorted(DEFAULTS))
     ap.add_argument("--out", required=True, help="folder to write (created)")
     ap.add_argument("--n", type=int, help="ROIs (bcss), images (lgg) or vesicles (vesicle); default 6/6/24")

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="action", required=True)
     for name, text in (("predict", "predict a volume's instances (and score them)"),
                        ("sweep", "decoding threshold sweep on a split")):
-        s = sub.add_parser(name, help=text)
+        s = sub.add_parser(name, help=text, description=f"sam-histo em {name}: {text}.")
         s.add_argument("--config", required=True, help="YAML config (e.g. configs/vesicle.yaml)")
         s.add_argument("--checkpoint", default=None, help="weights file or checkpoint folder")
         s.add_argument("--out", required=True, type=Path, help="output folder")

@@ -25,6 +25,7 @@ from sam_histo.errors import MissingSplitError
 from sam_histo.zeroshot.class_map import unassigned_id
 from sam_histo.scoring.evaluator import Evaluator
 from sam_histo.infer.image import prompted_class_map, semantic_probs
+from sam_histo.config.argv import first_paragraph
 
 
 class SplitPredictor:
@@ -235,7 +236,7 @@ def headline(metrics: dict) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="sam-histo validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="sam-histo validate", description=first_paragraph(__doc__))
     parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
     parser.add_argument("--checkpoint", required=True,
                         help="weights file, checkpoint folder, or run folder (uses checkpoints/best)")

@@ -22,6 +22,7 @@ import yaml
 
 from sam_histo.config import PROJECT_ROOT, ConfigError
 from sam_histo.models.weights import MissingWeightsError, missing_message
+from sam_histo.config.argv import first_paragraph
 
 MANIFEST = PROJECT_ROOT / "third_party" / "manifest.yaml"
 _CHUNK = 1 << 20
@@ -179,7 +180,7 @@ def _table(man: dict[str, dict], cache: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sam-histo fetch-weights", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sam-histo fetch-weights", description=first_paragraph(__doc__))
     p.add_argument("name", nargs="?", help="artifact name or alias (see --list)")
     p.add_argument("--list", action="store_true", help="print the manifest")
     p.add_argument("--json", action="store_true", help="with --list: the manifest as JSON")

@@ -14,6 +14,7 @@ import json
 from sam_histo.config import load_config
 from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.models import stages as st
+from sam_histo.config.argv import first_paragraph
 
 _GROUP_ORDER = ("neck", "decoder", "semantic_head", "prompt_encoder", "memory")
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(argv or [])
     if argv and argv[0] == "info":  # `sam-histo model info ...`
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="sam-histo model info", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sam-histo model info", description=first_paragraph(__doc__))
     p.add_argument("--config", default=None, help="YAML config (default: built-in defaults)")
     p.add_argument("--num-classes", type=int, default=None, help="head size (default from data.classes)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -27,6 +27,7 @@ from typing import Optional
 from sam_histo.release import bundle as B
 from sam_histo.release.bundle import BundleError, load_release, sha256_file  # noqa: F401  (load_release: public API)
 from sam_histo.config import PROJECT_ROOT, Config, ConfigError, load_config, to_dict
+from sam_histo.config.argv import first_paragraph
 
 
 class ReleaseError(ConfigError):
@@ -333,7 +334,7 @@ def make_release(run: str | Path, out: str | Path, checkpoint: str = "best", for
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="sam-histo release", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="sam-histo release", description=first_paragraph(__doc__))
     p.add_argument("--run", required=True, type=Path, help="the run folder (config.yaml, checkpoints/, eval/)")
     p.add_argument("--out", required=True, type=Path, help="bundle folder to create")
     p.add_argument("--checkpoint", default="best",

@@ -112,7 +112,9 @@ def make_predictor(release, overlap: Optional[float] = None, batch_size: Optiona
 
 # -------------------------------------------------------------------------------------- one image
 def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.ndarray, classes,
-                  prob_ids: list[int], file_name: str) -> None:
+                  prob_ids: list[int], file_name: str, image_id: int = 0) -> None:
+    """Every file of one image; the label map last (its presence marks the image done). ``image_id``: the
+    image's index among the sorted inputs, an integer as COCO's result format wants."""
     from sam_histo.infer.overlay import overlay_with_legend, save_png
     from sam_histo.infer.rle import encode_label_map, write_records
 
@@ -128,7 +130,7 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
         present = [int(c) for c in np.unique(label) if c != classes.ignore_index]
         scores = {c: float(probs[c][label == c].mean()) for c in present}  # mean probability of its pixels
         write_records(o.rle_json, encode_label_map(label, classes.names, classes.ignore_index, scores=scores,
-                                                   image_id=o.key, file_name=file_name))
+                                                   image_id=image_id, file_name=file_name))
     save_png(o.label, label)
 
 
@@ -317,6 +319,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     outputs = [Outputs(args.out, key, classes.names, overlay=args.overlay, rle=args.rle, probs=args.probs,
                        heatmap_class=args.heatmap_class) for _, key in inputs]
     todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
+    image_ids = {key: i for i, (_, key) in enumerate(inputs)}
     predictor = None
     from sam_histo.infer.overlay import save_png
     from sam_histo.stain.tissue import tissue_mask
@@ -337,7 +340,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             tissue = tissue_mask(image, release.config.data.tissue)
             label = np.where(tissue, label, glass)
             save_png(tissue_png(args.out, o.key), tissue.astype(np.uint8) * 255)
-        write_outputs(o, image, label, probs, classes, prob_ids, f.name)
+        write_outputs(o, image, label, probs, classes, prob_ids, f.name, image_ids[o.key])
     print(f"predict: {len(todo)} image(s) predicted, {len(inputs) - len(todo)} already done; outputs in {args.out}")
     if unmasked:
         print(f"predict: {unmasked} grey image(s) not tissue-masked (the HSV detector needs colour)")

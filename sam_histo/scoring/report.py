@@ -46,7 +46,7 @@ def _header(m: dict) -> list[str]:
 def _per_class_table(m: dict) -> list[str]:
     total = max(m["n_pixels"], 1)
     lines = [
-        f"## Per class (dataset level: one confusion matrix over split `{m.get('split')}`)",
+        f"## Per class (dataset level: one confusion matrix over split `{m.get('split') or 'unnamed'}`)",
         "",
         "| class | support px | share | images present | predicted px | Dice | IoU | precision | recall |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -70,7 +70,7 @@ def _per_class_table(m: dict) -> list[str]:
 def _averages_table(m: dict) -> list[str]:
     over = ", ".join(m["macro_over"]) or "no class"
     lines = [
-        f"## Averages (split `{m.get('split')}`, checkpoint `{m.get('checkpoint') or 'not given'}`)",
+        f"## Averages (split `{m.get('split') or 'unnamed'}`, checkpoint `{m.get('checkpoint') or 'not given'}`)",
         "",
         "| averaging | Dice | IoU | precision | recall | accuracy |",
         "|---|---:|---:|---:|---:|---:|",
@@ -93,7 +93,7 @@ def _averages_table(m: dict) -> list[str]:
     ]
     if m.get("image_level"):
         il = m["image_level"]
-        lines.append(f"| image-level mean (per class over the images holding it, then macro over {over}) | "
+        lines.append(f"| image-level mean (per class over the images where the ground truth or the prediction holds it, a false alarm scoring 0; then macro over {over}) | "
                      f"{_f(il['macro']['dice'])} | {_f(il['macro']['iou'])} | | | |")
     lines += ["", "Per-class numbers and macro are dataset level; image-level means are given beside them, "
               "never instead. Pixel F1 equals Dice.", ""]
@@ -109,7 +109,7 @@ def _patterns(m: dict) -> list[str]:
 def _probability_table(m: dict) -> list[str]:
     if not m.get("probability"):
         return []
-    lines = [f"## Probability on each class's true pixels (split `{m.get('split')}`)", "",
+    lines = [f"## Probability on each class's true pixels (split `{m.get('split') or 'unnamed'}`)", "",
              "| class | mean | max | share > 0.3 | share > 0.5 |", "|---|---:|---:|---:|---:|"]
     for name, r in m["probability"].items():
         lines.append(f"| {name} | {_f(r['mean'])} | {_f(r['max'])} | {_pct(r['frac_above_0.3'])} | "
@@ -125,7 +125,7 @@ def _instance_table(m: dict) -> list[str]:
     if i.get("image_level"):
         rows.append((f"mean over {i['image_level']['n_images']} images", i["image_level"], " | "))
     return [
-        f"## Instances (split `{m.get('split')}`)", "",
+        f"## Instances (split `{m.get('split') or 'unnamed'}`)", "",
         "| averaging | adapted Rand error | Rand precision (merges lower it) | Rand recall (splits lower it) | "
         "F1 at IoU 0.5 | mean seg. accuracy IoU 0.5-0.95 | GT objects | predicted objects |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
