@@ -5,7 +5,9 @@ comments dropped, ``&&`` chains split). Each command is rewritten by the SUBSTIT
 in one work folder laid out like the checkout (configs/, prompts/, slurm/, sam_histo/, third_party/ linked in),
 after the FIXTURES have written the inputs the README assumes a user has. ``sam-histo ...`` commands run
 in-process through ``sam_histo.cli.main`` (one interpreter: seconds instead of minutes); anything else
-(``accelerate launch``, ``mkdir``, ``sbatch``) runs in bash. Each must exit 0. The ```python block runs too.
+(``accelerate launch``, ``mkdir``, ``sbatch``) runs in bash. Each must exit 0. The ```python block runs too;
+blocks without a language hold file layouts, not commands; any other language fails
+test_every_block_is_accounted_for.
 
 Before any substitution, every ``--config CFG k=v ...`` command must load as written (``load_config``): a
 README example that contradicts the config it names (``train.epochs=5`` under phases that start at epoch 11)
