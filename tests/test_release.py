@@ -255,6 +255,10 @@ def test_a_release_is_a_starting_point_for_fine_tuning(bundle, copy_of):
     assert "differ from data.classes" in fresh.start_note and "re-initialised" in fresh.start_note
     sam_theirs, sam_ours = release.model.sam.state_dict(), fresh.sam.state_dict()
     assert all(torch.equal(sam_theirs[k], sam_ours[k]) for k in sam_theirs)
+    from sam_histo.models.sam import build_sam  # a release folder as model.checkpoint anywhere: its SAM2 weights
+
+    plain = build_sam(other.model.__class__(arch="tiny", image_size=64, checkpoint=str(bundle))).sam.state_dict()
+    assert all(torch.equal(sam_theirs[k], plain[k]) for k in sam_theirs)
 
     head = copy_of / "semantic_head.safetensors"
     head.write_bytes(head.read_bytes()[:-1] + b"\0")
