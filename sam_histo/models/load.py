@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from sam_histo.config import ModelConfig
-from sam_histo.models.weights import MissingWeightsError
+from sam_histo.models.weights import RELEASE_SUMS, MissingWeightsError, release_folder  # noqa: F401  (re-exported)
 
 CKPT_DIR = "checkpoints"
 LATEST = "LATEST"
@@ -59,18 +59,8 @@ def load_model(model_cfg: ModelConfig, num_classes: Optional[int] = None, checkp
 
 
 # ------------------------------------------------------------------ a release bundle as a starting point
-RELEASE_SUMS = "SHA256SUMS"
 RELEASE_CLASSES = "classes.json"
 RELEASE_HEADS = {"semantic": "semantic_head.safetensors", "clip": "clip_head.safetensors"}
-
-
-def release_folder(path: str | Path) -> Optional[Path]:
-    """The bundle folder behind ``model.checkpoint`` (the folder, or its model.safetensors), else None."""
-    p = Path(path).expanduser()
-    folder = p.parent if p.is_file() and p.name == WEIGHTS else p
-    if folder.is_dir() and (folder / RELEASE_SUMS).is_file() and (folder / WEIGHTS).is_file():
-        return folder
-    return None
 
 
 def _verified(folder: Path, names: list[str]) -> None:

@@ -124,10 +124,10 @@ def _checkpoint_state(cfg: ModelConfig) -> Optional[dict]:
     if not cfg.checkpoint:
         return None
     from sam_histo.models.fetch import resolve_checkpoint
-    from sam_histo.models.load import WEIGHTS, release_folder
+    from sam_histo.models.weights import release_folder
 
     bundle = release_folder(cfg.checkpoint)  # a release folder: its SAM2 weights (heads: start_from_release)
-    return read_state_dict(bundle / WEIGHTS if bundle else resolve_checkpoint(cfg.checkpoint, cfg.cache_dir))
+    return read_state_dict(bundle / "model.safetensors" if bundle else resolve_checkpoint(cfg.checkpoint, cfg.cache_dir))
 
 
 def build_sam(cfg: ModelConfig, num_classes: Optional[int] = None) -> "SamHisto":

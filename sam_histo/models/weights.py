@@ -164,3 +164,15 @@ def unwrap_sam(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if not is_wrapped(state):
         return dict(state)
     return {k[len("sam."):]: v for k, v in state.items() if k.startswith("sam.")}
+
+
+RELEASE_SUMS = "SHA256SUMS"
+
+
+def release_folder(path: str | Path) -> Optional[Path]:
+    """The bundle folder behind ``model.checkpoint`` (the folder, or its model.safetensors), else None."""
+    p = Path(path).expanduser()
+    folder = p.parent if p.is_file() and p.name == "model.safetensors" else p
+    if folder.is_dir() and (folder / RELEASE_SUMS).is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    return None
