@@ -115,4 +115,5 @@ def test_one_png_writer():
     root = Path(__file__).resolve().parent.parent / "sam_histo"
     writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                if re.search(r"Image\.fromarray\([^\n]*\)\.save\(|\bim(age)?\.save\(", p.read_text())]
-    assert writers == ["files.py"], writers
+    # bench/loader.py writes TIFF masks (not PNG) into the benchmark's own temporary folder
+    assert sorted(writers) == ["bench/loader.py", "files.py"], writers

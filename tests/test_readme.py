@@ -259,7 +259,8 @@ def before(cmd: str, work: Path) -> None:
 
     if "--pred preds/ --gt" in cmd and not (work / "preds").is_dir():
         _bcss_id_maps(work)
-    if "--gt ves_val_labels/" in cmd and not (work / "ves_val_labels").is_dir():
+    src = work / "reports" / "ves" / "instances" / "labels.h5"  # missing when `em predict` failed: reported there
+    if "--gt ves_val_labels/" in cmd and not (work / "ves_val_labels").is_dir() and src.is_file():
         import shutil
 
         (work / "ves_val_labels").mkdir()

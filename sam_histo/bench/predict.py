@@ -70,14 +70,15 @@ def build_release(root: Path, image_size: int) -> Path:
 
 def synthetic_tile(path: Path, size: int, seed: int = 0) -> Path:
     """An H&E-like PNG of ``size`` x ``size``: one rendered 256 px BCSS ROI repeated (cheap at 8 k)."""
-    from PIL import Image
 
     from sam_histo.data.synthetic import _stain_strength, render_bcss_tile
 
     rng = np.random.default_rng(seed)
     rgb, _ = render_bcss_tile(rng, min(size, 256), False, _stain_strength(rng))
     reps = -(-size // rgb.shape[0])
-    Image.fromarray(np.tile(rgb, (reps, reps, 1))[:size, :size]).save(path, compress_level=1)
+    from sam_histo.files import save_png
+
+    save_png(path, np.ascontiguousarray(np.tile(rgb, (reps, reps, 1))[:size, :size]), compress_level=1)
     return path
 
 

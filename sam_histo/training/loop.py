@@ -292,6 +292,11 @@ def validate_epoch(run: Run, epoch: int) -> bool:
                                                    "value": score})
     else:
         state.bad_validations += 1
+        if state.best is None and not (run.run_dir / ck.CKPT_DIR / "best").is_dir():
+            # every score so far undefined (e.g. no vesicle found yet): keep a best/ so that the commands
+            # that read RUN/checkpoints/best work; the first defined score replaces it
+            ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": es.metric,
+                                                       "value": None})
     acc.print(f"epoch {epoch} {headline(metrics)}{'  * best' if improved else ''}")
     per_class = {k: {"dice": v["dice"], "recall": v["recall"]} for k, v in metrics["per_class"].items()}
     run.jsonl.write({"event": "val", "epoch": epoch, "step": state.step, "macro": metrics["macro"],
