@@ -162,6 +162,10 @@ def _check_train(t) -> None:
     for name in t.preempt_signals:
         if not isinstance(getattr(signal, name, None), signal.Signals):
             raise ConfigError(f"train.preempt_signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+    bad = [a for a in t.wise_alphas if not 0.0 <= float(a) <= 1.0]
+    if bad:
+        raise ConfigError(f"train.wise_alphas {bad} out of range: each alpha mixes (1 - a) * start + a * best, "
+                          "so use values in [0, 1] (e.g. [0, 0.25, 0.5, 0.75, 1]; [] turns WiSE-FT off)")
     unknown = set(t.loss.weights) - set(LOSS_KEYS)
     if unknown:
         raise ConfigError(f"train.loss.weights has unknown key(s) {sorted(unknown)}; the keys are {list(LOSS_KEYS)}"

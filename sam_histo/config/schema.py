@@ -213,6 +213,12 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     loss: LossConfig = field(default_factory=LossConfig)
+    # Validate the starting weights (loaded checkpoint or random init) before the first step, as epoch
+    # "start"; checkpoints/best may then be the start when no epoch beats it.
+    validate_start: bool = True
+    # WiSE-FT after training: (1 - a) * start + a * best for each a, validated; the best a on val becomes
+    # checkpoints/best (its a in state.json). [] = off.
+    wise_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
 @dataclass

@@ -204,12 +204,15 @@ def selection_scores(metrics: dict) -> dict:
     return fg["macro"] if fg else metrics["macro"]
 
 
-def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True) -> dict:
-    """What the trainer validates each epoch: the protocol of the final report (``validate_split``), so the
-    checkpoint chosen is the best by the numbers reported for it; 2-D splits reuse the trainer's adapter."""
+def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True,
+                  out_dir: Optional[Path] = None) -> dict:
+    """What the trainer validates each epoch (and at the start): the protocol of the final report
+    (``validate_split``), so the checkpoint chosen is the best by the numbers reported for it; 2-D splits
+    reuse the trainer's adapter; ``out_dir`` also gets the report."""
     if dataset_kind(cfg.data.dataset).volume and cfg.eval.instances:
-        return validate_split(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress)
-    return validate(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress,
+        return validate_split(model, cfg, "val", out_dir, checkpoint=checkpoint, accelerator=accelerator,
+                              progress=progress)
+    return validate(model, cfg, "val", out_dir, checkpoint=checkpoint, accelerator=accelerator, progress=progress,
                     adapter=adapter)
 
 

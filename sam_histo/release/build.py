@@ -55,6 +55,9 @@ def choose_checkpoint(run: Path, which: str) -> tuple[Path, str]:
     if state.is_file():
         s = json.loads(state.read_text())
         label += f" (epoch {s.get('epoch')}, step {s.get('step')})"
+        if s.get("wise_alpha") is not None:  # training/wise.py: a mix of the start and the best epoch
+            label += (f", WiSE-FT alpha {s['wise_alpha']:g}: (1 - alpha) * start + alpha * epoch "
+                      f"{s.get('wise_of_epoch')}")
     return path, label
 
 

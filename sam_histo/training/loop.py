@@ -5,7 +5,9 @@ the unfreeze schedule (a boundary re-prepares model and optimizer), the sampler'
 steps of ``grad_accum`` micro-batches at the learning rate ``lr_at(step)``; a non-finite loss or gradient
 skips its step and ``train.max_nonfinite`` in a row stop the run. Checkpoints every
 ``checkpoint_every_steps`` steps and at every epoch end; validation every ``val_every`` epochs on the
-macro per-class metric, which chooses ``checkpoints/best`` and stops early. A preemption signal writes a
+macro per-class metric, which chooses ``checkpoints/best`` and stops early. Before the first step the
+starting weights are validated the same way (epoch "start", training/baseline.py) and are the first best;
+after the last, WiSE-FT mixes of start and best are validated and the best mix kept (training/wise.py). A preemption signal writes a
 checkpoint and exits 0; ``train.resume=auto`` continues from it, mid-epoch, with the same batches.
 """
 from __future__ import annotations
@@ -22,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from sam_histo.config import Config, ConfigError, load_config
-from sam_histo.errors import MissingSplitError
 from sam_histo.training.recovery import TrainingError, check_phases, mark_diverged, resume_error
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
@@ -41,7 +42,9 @@ from sam_histo.training.build import (
     describe_weights,
     prepare_phase,
 )
+from sam_histo.training.baseline import compare_with_start, record_validation, val_metrics, validate_start
 from sam_histo.training.step import batch_loss
+from sam_histo.training.wise import apply_wise
 
 log = logging.getLogger("sam_histo.train")
 
@@ -127,6 +130,7 @@ def train(cfg: Config, accelerator=None) -> dict:
         accelerator.init_trackers(cfg.name, config=flat_config(cfg))
     run.jsonl.write({"event": "start", "class_weights": dict(zip(data.classes.names, data.class_weights.tolist())),
                      "world_size": accelerator.num_processes, "resumed_from": str(ckpt) if ckpt else None})
+    validate_start(run)
     try:
         status = fit(run)
     except TrainingError as e:  # diverged: say which checkpoint is the last finite one, never resume it blindly
@@ -261,18 +265,12 @@ def log_train(run: Run, epoch: int, loss: float, rate: float) -> None:
 
 def validate_epoch(run: Run, epoch: int) -> bool:
     """Validate, keep the best checkpoint by the macro per-class metric; True when it is time to stop."""
-    from sam_histo.eval.validator import epoch_metrics, headline, selection_scores
+    from sam_histo.eval.validator import headline, selection_scores
 
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
-    if run.val_data is None:  # index the split once, not every epoch
-        from sam_histo.data.dataset import build_dataset
-
-        run.val_data = build_dataset(cfg.data, "val")
-    try:
-        metrics = epoch_metrics(run.model, cfg, run.val_data, f"epoch {epoch}", acc, acc.is_local_main_process)
-    except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
-        acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
+    metrics = val_metrics(run, f"epoch {epoch}")
+    if metrics is None:  # no validation split: keep the last weights as the best
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
     score = selection_scores(metrics)[es.metric]
@@ -285,13 +283,7 @@ def validate_epoch(run: Run, epoch: int) -> bool:
     else:
         state.bad_validations += 1
     acc.print(f"epoch {epoch} {headline(metrics)}{'  * best' if improved else ''}")
-    per_class = {k: {"dice": v["dice"], "recall": v["recall"]} for k, v in metrics["per_class"].items()}
-    run.jsonl.write({"event": "val", "epoch": epoch, "step": state.step, "macro": metrics["macro"],
-                     "micro": metrics["micro"], "per_class": per_class, "best": state.best, "improved": improved})
-    if cfg.train.log_with:
-        scalars = {f"val/macro_{k}": v for k, v in metrics["macro"].items() if v is not None}
-        scalars.update({f"val/dice/{k}": v["dice"] for k, v in per_class.items() if v["dice"] is not None})
-        acc.log(scalars, step=state.step)
+    record_validation(run, epoch, metrics, improved)
     return bool(es.patience) and state.bad_validations >= es.patience
 
 
@@ -305,16 +297,24 @@ def finish(run: Run, status: str) -> dict:
         return result
     from sam_histo.eval.validator import evaluate_splits, headline
 
+    wise = apply_wise(run)
+    result.update(best=run.state.best, best_epoch=run.state.best_epoch)
     best = run.run_dir / ck.CKPT_DIR / "best"
     if (best / "model.safetensors").exists():
         ck.load_model_weights(run.model, best)
+    label = f"checkpoints/best (epoch {run.state.best_epoch})"
+    if wise is not None:
+        label += f" WiSE-FT alpha {wise['chosen']:g}"
+        result["wise_alpha"] = wise["chosen"]
     splits = ("val", "test")
-    reports, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
-                                 checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
-                                 progress=acc.is_local_main_process)
-    for split, metrics in reports.items():
+    finals, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
+                                checkpoint=label, accelerator=acc, progress=acc.is_local_main_process)
+    for split, metrics in finals.items():
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
+    comparison = compare_with_start(run, finals, wise)
+    if comparison is not None:
+        result["start_comparison"] = comparison
     if cfg.clip.train_head and acc.is_main_process:
         from sam_histo.zeroshot.train_head import train_clip_head
         from sam_histo.data.dataset import build_dataset
