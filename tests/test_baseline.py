@@ -84,3 +84,20 @@ def test_wise_mix_is_exact_at_both_ends_and_linear_between():
 def test_wise_alphas_outside_zero_one_are_refused():
     with pytest.raises(ConfigError, match=r"train.wise_alphas \[1.5\] out of range"):
         load_config(None, ["train.wise_alphas=[0, 1.5]"])
+
+
+def test_wise_keeps_the_best_mix_and_release_names_its_alpha(pretrained, tmp_path):
+    from sam_histo.release.build import make_release
+
+    data, weights, pre = pretrained
+    run = weights.parent.parent.parent
+    state = json.loads((run / "checkpoints" / "best" / "state.json").read_text())
+    wise = [e for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if e["event"] == "wise"]
+    assert wise[0]["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and state["wise_alpha"] == wise[0]["chosen"]
+    assert state["value"] == max(s for s in wise[0]["scores"] if s is not None) == pytest.approx(pre["best"])
+    assert state["wise_of_epoch"] != "start" and pre["wise_alpha"] == state["wise_alpha"]
+    assert pre["val"]["macro"]["dice"] == pytest.approx(pre["best"], abs=1e-9)  # the final val is of the kept mix
+    text = (run / "eval" / "val" / "report.md").read_text()
+    assert text.startswith("fine-tuning beat the starting weights") and "| 0.5 |" in text.replace(" (kept)", "")
+    bundle, _, _ = make_release(run, tmp_path / "release")
+    assert f"WiSE-FT alpha {state['wise_alpha']:g}" in (bundle / "README.md").read_text()
