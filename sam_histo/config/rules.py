@@ -9,6 +9,22 @@ from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, Hea
 
 # Test-time views of the EM pipeline (sam_histo.em.infer.VIEWS); the identity is always included.
 EM_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270")
+# Prompt protocols of `sam-histo validate --protocols` (data/protocols.py); "+tta" may follow any of them.
+PROMPT_PROTOCOLS = ("centroid", "points5", "box", "box+neg")
+
+
+def parse_protocols(names, key: str = "eval.protocols") -> list[tuple[str, bool]]:
+    """["box", "box+neg+tta", ...] -> [(base protocol, with test-time augmentation), ...]; unknown names raise
+    ConfigError naming ``key`` and the valid ones."""
+    out = []
+    for name in names:
+        name = str(name).strip()
+        base, tta = (name[:-4], True) if name.endswith("+tta") else (name, False)
+        if base not in PROMPT_PROTOCOLS:
+            raise ConfigError(f"{key}: {name!r} is not a prompt protocol; use {', '.join(PROMPT_PROTOCOLS)}, each "
+                              "optionally with +tta (e.g. box+neg+tta)" + nearest(base, PROMPT_PROTOCOLS))
+        out.append((base, tta))
+    return out
 
 
 def check_rules(cfg: Config) -> None:
@@ -20,6 +36,7 @@ def check_rules(cfg: Config) -> None:
         raise ConfigError(
             f"data.tile_stride={cfg.data.tile_stride} must be in 1..data.tile_size={cfg.data.tile_size}"
         )
+    parse_protocols(cfg.eval.protocols)
     if not 0 <= cfg.data.val_fraction + cfg.data.test_fraction < 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
     phases = cfg.train.phases

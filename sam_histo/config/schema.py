@@ -231,6 +231,9 @@ class EvalConfig:
     instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes
     overlays: int = 3  # best and worst images drawn in the report (0: none)
     overlay_class: Optional[str] = None  # class that ranks them; default the rarest class in the split
+    # `sam-histo validate`: score the checkpoint under each prompt protocol (centroid, points5, box, box+neg,
+    # each optionally +tta) on the same deterministic objects, one table; [] = the usual validation.
+    protocols: list[str] = field(default_factory=list)
 
 
 @dataclass

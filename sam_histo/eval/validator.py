@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from sam_histo.config import Config, load_config
+from sam_histo.config import Config, EvalConfig, PromptConfig, StainConfig, load_config
 from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
 from sam_histo.data.types import ClassSpec
@@ -26,6 +26,25 @@ from sam_histo.scoring.evaluator import Evaluator
 from sam_histo.infer.image import prompted_class_map, semantic_probs
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSetup:
+    """The parts of a Config that validation reads (each callee gets its own sub-configs)."""
+
+    mode: str  # model.mode
+    image_size: int  # model.image_size
+    modality: str  # of data.dataset
+    eval: EvalConfig
+    prompts: PromptConfig  # validation's: every object up to eval.max_objects, no background clicks
+    stain: StainConfig
+    unassigned: str  # zeroshot.unassigned
+
+    @classmethod
+    def of(cls, cfg: Config) -> "EvalSetup":
+        prompts = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
+        return cls(cfg.model.mode, cfg.model.image_size, modality(cfg.data.dataset), cfg.eval, prompts, cfg.stain,
+                   cfg.zeroshot.unassigned)
+
+
 class SplitPredictor:
     """Predictions of one model for the samples of one adapter, in the configured mode.
 
@@ -33,38 +52,39 @@ class SplitPredictor:
     its predicted class map (H, W) int64 and, in semantic mode, probabilities (C, H, W) (else None).
     """
 
-    def __init__(self, model, adapter, cfg: Config):
+    def __init__(self, model, adapter, setup: EvalSetup):
         from sam_histo.augment import build_eval_transform
 
-        self.model, self.adapter = model, adapter
+        self.model, self.adapter, self.setup = model, adapter, setup
         self.classes: ClassSpec = adapter.classes
-        self.mode = cfg.model.mode
-        self.eval_cfg = cfg.eval
-        # Validation prompts every object (up to eval.max_objects) and adds no background clicks.
-        self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
-        self.transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
-        self.unassigned = unassigned_id(self.classes, cfg.zeroshot.unassigned)
+        self.transform = build_eval_transform(setup.stain, setup.image_size, setup.modality)
+        self.unassigned = unassigned_id(self.classes, setup.unassigned)
 
-    def __call__(self, index: int):
+    def load(self, index: int):
+        """Sample ``index`` after the eval transform (stain normalisation only)."""
         sample = self.adapter[index]
         extra = {"instances": sample.instances} if sample.instances is not None else {}
         out = self.transform(image=sample.image, mask=sample.mask, **extra)
         sample.image, sample.mask = out["image"], out["mask"]
-        if self.mode == "semantic":
+        return sample
+
+    def __call__(self, index: int):
+        sample, ev = self.load(index), self.setup.eval
+        if self.setup.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
-                                   self.eval_cfg.window_overlap, self.eval_cfg.batch_size)
+                                   ev.window_overlap, ev.batch_size)
             return sample, probs.argmax(0).astype(np.int64), probs
-        prompts = make_prompts(sample.mask, self.classes, self.prompt_cfg,
-                               prompt_rng(self.eval_cfg.prompt_seed, index), instances=sample.instances)
+        prompts = make_prompts(sample.mask, self.classes, self.setup.prompts, prompt_rng(ev.prompt_seed, index),
+                               instances=sample.instances)
         return sample, prompted_class_map(self.model, sample.image, prompts, self.unassigned), None
 
 
-def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
-    """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator; a
+def evaluate(predictor: SplitPredictor, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
+    """Run the predictor over its adapter (this process's share) and return the reduced Evaluator; a
     ``heatmap`` (infer.heatmap.HeatmapCollector) also gets every image's probabilities."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    predictor = SplitPredictor(model, adapter, cfg)
+    model, adapter = predictor.model, predictor.adapter
     ev = Evaluator(adapter.classes)
     was_training = model.training
     model.eval()
@@ -94,46 +114,55 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
     """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report.
     ``adapter``: the split's adapter when the caller already has it (the trainer validates every epoch)."""
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.scoring.report import write_report
 
     adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
         raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
                                 "data.val_fraction / data.test_fraction)")
-    collector = heatmap_collector(cfg, adapter.classes)
-    ev = evaluate(model, adapter, cfg, accelerator, progress, collector)
+    collector = heatmap_collector(cfg.heatmap, cfg.model.mode, adapter.classes)
+    predictor = SplitPredictor(model, adapter, EvalSetup.of(cfg))
+    ev = evaluate(predictor, accelerator, progress, collector)
     metrics = ev.result(split=split, checkpoint=checkpoint)
     metrics["mode"] = cfg.model.mode
     if collector is not None:
         metrics["heatmap"] = collector.result(split, accelerator)
-    is_main = accelerator is None or accelerator.is_main_process
-    if out_dir is not None and is_main:
-        overlay_class = cfg.eval.overlay_class or ev.rarest_class()
-        best, worst = ev.best_worst(overlay_class, n=cfg.eval.overlays) if cfg.eval.overlays else ([], [])
-        predictor = SplitPredictor(model, adapter, cfg)
-        model.eval()
-        files = write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
-                             overlay_items(predictor, worst), overlay_class)
-        if collector is not None:
-            from sam_histo.infer.heatmap import report_section
-
-            files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
-                                       + report_section(metrics["heatmap"]) + "\n")
+    if out_dir is not None and (accelerator is None or accelerator.is_main_process):
+        write_split_report(predictor, ev, metrics, out_dir, cfg.eval)
     return metrics
 
 
-def heatmap_collector(cfg: Config, classes: ClassSpec):
+def write_split_report(predictor: SplitPredictor, ev: Evaluator, metrics: dict, out_dir: Path, eval_cfg) -> None:
+    """report.md, metrics.json, plots and the best / worst overlays of one validated split."""
+    from sam_histo.scoring.report import write_report
+
+    overlay_class = eval_cfg.overlay_class or ev.rarest_class()
+    best, worst = ev.best_worst(overlay_class, n=eval_cfg.overlays) if eval_cfg.overlays else ([], [])
+    model, was_training = predictor.model, predictor.model.training
+    model.eval()
+    try:
+        files = write_report(metrics, out_dir, predictor.classes, overlay_items(predictor, best),
+                             overlay_items(predictor, worst), overlay_class)
+    finally:
+        model.train(was_training)
+    if "heatmap" in metrics:
+        from sam_histo.infer.heatmap import report_section
+
+        files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
+                                   + report_section(metrics["heatmap"]) + "\n")
+
+
+def heatmap_collector(heatmap_cfg, mode: str, classes: ClassSpec):
     """A HeatmapCollector when ``heatmap.class_name`` is set (semantic mode only: it needs probabilities)."""
-    if not cfg.heatmap.class_name:
+    if not heatmap_cfg.class_name:
         return None
-    if cfg.model.mode != "semantic":
+    if mode != "semantic":
         from sam_histo.config import ConfigError
 
         raise ConfigError("heatmap.class_name needs class probabilities, which only model.mode=semantic gives; "
                           "prompted validation scores class maps")
     from sam_histo.infer.heatmap import HeatmapCollector
 
-    return HeatmapCollector(cfg.heatmap, classes)
+    return HeatmapCollector(heatmap_cfg, classes)
 
 
 def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
@@ -240,9 +269,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sam-histo validate", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
     parser.add_argument("--checkpoint", required=True,
-                        help="weights file, checkpoint folder, or run folder (uses checkpoints/best)")
+                        help="weights file, checkpoint folder, run folder (uses checkpoints/best), or 'base' "
+                             "for the configured model.checkpoint (zero-shot)")
     parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json, report.md, plots")
     parser.add_argument("--split", default=None, help="train, val or test (default eval.split)")
+    parser.add_argument("--protocols", default=None,
+                        help="comma-separated prompt protocols to tabulate instead of the usual validation: "
+                             "centroid, points5, box, box+neg, each optionally +tta (default eval.protocols)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
@@ -250,10 +283,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     from sam_histo.data.dataset import class_spec
     from sam_histo.models.load import load_model, resolve_model_file
 
+    protocols = [p for p in args.protocols.split(",") if p.strip()] if args.protocols else list(cfg.eval.protocols)
+    if protocols:
+        from sam_histo.config.rules import parse_protocols
+
+        parse_protocols(protocols, key="--protocols")  # a bad name fails before the model is built
     classes = class_spec(cfg.data)
-    weights = resolve_model_file(args.checkpoint)
+    base = args.checkpoint == "base"
+    weights = None if base else resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=str(weights),
+    label = f"base model.checkpoint={cfg.model.checkpoint} (zero-shot)" if base else str(weights)
+    if protocols:
+        return _protocols(model, cfg, split, protocols, args.out, label)
+    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=label,
                               required=True)[0][split]
     print(headline(metrics))
     if "heatmap" in metrics:
@@ -262,4 +304,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"heatmap {h['class_name']}: threshold {h['threshold']:.4g} ({h['rule']}), IoU {last['iou']:.3f} "
               f"after {last['step']} (predict --heatmap-class {h['class_name']} --threshold {h['threshold']:.6g})")
     print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def _protocols(model, cfg: Config, split: str, protocols: list[str], out: Path, label: str) -> int:
+    from sam_histo.data.dataset import build_dataset
+    from sam_histo.data.types import DataError
+    from sam_histo.eval.protocols import run_protocols, write_protocol_table
+
+    adapter = build_dataset(cfg.data, split)
+    if len(adapter) == 0:
+        raise DataError(f"split {split!r} of {cfg.data.root} is empty: nothing to score; choose --split")
+    results = run_protocols(SplitPredictor(model, adapter, EvalSetup.of(cfg)), protocols)
+    print(write_protocol_table(results, out, split, label), end="")
+    print(f"table: {out / 'protocols.md'} and {out / 'protocols.json'}")
     return 0

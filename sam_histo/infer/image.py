@@ -55,22 +55,30 @@ def take(prompts: Prompts, idx) -> Prompts:
 
 
 @torch.no_grad()
-def prompted_masks(model, image: np.ndarray, prompts: Prompts, chunk: int = 32):
-    """Each object's best mask logits for one image: (N, H, W) float32 tensor on the CPU, and the
-    predicted IoU of that mask (N,). Objects are decoded ``chunk`` at a time to bound memory."""
-    h, w = image.shape[:2]
-    feats = model.encode(model.preprocess(image[None]))
+def best_mask_logits(model, feats, prompts: Prompts, orig_hw: tuple[int, int], chunk: int = 32,
+                     use_points_with_box: bool = False):
+    """Each object's best mask (highest predicted IoU of the multimask outputs) for encoded features of one
+    image: logits (N, H, W) float32 on the CPU at ``orig_hw``, and that mask's predicted IoU (N,)."""
     logits, ious = [], []
     for start in range(0, len(prompts), chunk):
         out = model.forward_prompted(feats, [take(prompts, slice(start, start + chunk))], multimask=True,
-                                     orig_hw=(h, w))
+                                     orig_hw=orig_hw, use_points_with_box=use_points_with_box)
         best = out.iou_pred.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
         logits.append(out.logits[rows, best].float().cpu())
         ious.append(out.iou_pred[rows, best].float().cpu())
     if not logits:
-        return torch.zeros(0, h, w), torch.zeros(0)
+        return torch.zeros(0, *orig_hw), torch.zeros(0)
     return torch.cat(logits), torch.cat(ious)
+
+
+@torch.no_grad()
+def prompted_masks(model, image: np.ndarray, prompts: Prompts, chunk: int = 32):
+    """Each object's best mask logits for one image: (N, H, W) float32 tensor on the CPU, and the
+    predicted IoU of that mask (N,). Objects are decoded ``chunk`` at a time to bound memory."""
+    h, w = image.shape[:2]
+    feats = model.encode(model.preprocess(image[None]))
+    return best_mask_logits(model, feats, prompts, (h, w), chunk)
 
 
 def paste_masks(logits: torch.Tensor, class_ids, unassigned_id: int, threshold: float = 0.0) -> np.ndarray:
