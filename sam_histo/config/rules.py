@@ -37,6 +37,7 @@ def check_rules(cfg: Config) -> None:
             f"data.tile_stride={cfg.data.tile_stride} must be in 1..data.tile_size={cfg.data.tile_size}"
         )
     parse_protocols(cfg.eval.protocols)
+    _check_lora(cfg.model.lora, [p.stages for p in cfg.train.phases])
     if not 0 <= cfg.data.val_fraction + cfg.data.test_fraction < 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
     phases = cfg.train.phases
@@ -161,6 +162,22 @@ def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
         raise ConfigError(f"heatmap.connectivity={hm.connectivity} must be 1 (edges) or 2 (edges and corners)")
 
 
+
+
+def _check_lora(lora, phase_stages) -> None:
+    from sam_histo.config.schema import LORA_TARGETS
+
+    if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora: need rank >= 0 (0 = off), alpha > 0 and 0 <= dropout < 1, got rank "
+                          f"{lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}")
+    for t in lora.targets:
+        if t not in LORA_TARGETS:
+            raise ConfigError(f"model.lora.targets: {t!r} is not one of {list(LORA_TARGETS)}" + nearest(t, LORA_TARGETS))
+    if lora.rank and not lora.targets:
+        raise ConfigError("model.lora.rank > 0 but model.lora.targets is empty: name the layers to adapt")
+    if not lora.rank and "lora" in phase_stages:
+        raise ConfigError("train.phases: stages 'lora' trains LoRA adapters, but model.lora.rank is 0 (no adapters); "
+                          "set model.lora.rank (e.g. 8) or name Hiera stages")
 
 
 def _check_train(t) -> None:

@@ -85,6 +85,21 @@ class PromptConfig:
     n_background: int = 0
 
 
+# LoRA target groups (models/lora.py): Hiera attention qkv/proj, Hiera MLP, mask-decoder transformer.
+LORA_TARGETS = ("encoder_attn", "encoder_mlp", "decoder")
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters on the linear layers of ``targets`` (peft); rank 0 = none. The base weights of
+    those layers stay frozen; the adapters train in every phase whose stages are not "none"."""
+
+    rank: int = 0
+    alpha: float = 16.0  # the update is (alpha / rank) * B A
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["encoder_attn"])
+
+
 @dataclass
 class ModelConfig:
     # A packaged sam2 config name (sam2.1_hiera_t, sam2.1_hiera_s, sam2.1_hiera_b+, sam2.1_hiera_l; short
@@ -102,6 +117,7 @@ class ModelConfig:
     overrides: list[str] = field(default_factory=list)
     mode: Literal["semantic", "prompted"] = "semantic"
     multimask: bool = True  # prompted mode: 3 masks per prompt (the best one is trained) or 1
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -156,7 +172,8 @@ class PhaseConfig:
     """One unfreeze phase: from ``start_epoch`` on, these Hiera stages train at this lr."""
 
     start_epoch: int = 0
-    stages: Union[Literal["all", "none"], list[int]] = "none"
+    # "lora": only the LoRA adapters (model.lora) train on the encoder side, no Hiera stage as a whole
+    stages: Union[Literal["all", "none", "lora"], list[int]] = "none"
     lr: float = 1e-4
     warmup_steps: int = 0
     min_lr: float = 1e-6

@@ -81,7 +81,10 @@ def render_card(info: dict, classes: dict, metrics: dict) -> str:
              f"SAM2 `{model['canonical_arch']}` at {model['image_size']} px, {model['mode']} mode"
              f"{', class-token head' if info['files']['semantic_head'] else ''}"
              f"{', tuned CLIP head' if info['files']['clip_head'] else ''}; {model['parameters']:,} parameters. "
-             f"Released checkpoint: {info['released_checkpoint']['label']}. Base checkpoint: {base_text}.", "",
+             f"Released checkpoint: {info['released_checkpoint']['label']}. Base checkpoint: {base_text}."
+             + (f" LoRA adapters (rank {info['lora_merged']['rank']}, alpha {info['lora_merged']['alpha']:g}, on "
+                f"{', '.join(info['lora_merged']['targets'])}) are merged into the weights."
+                if info.get("lora_merged") else ""), "",
              "Classes (id: name): " + ", ".join(f"{i}: {n}" for i, n in zip(classes["ids"], classes["names"]))
              + (f"; id {ignore} ({classes['names'][ignore]}) is the ignore index, never predicted."
                 if ignore is not None else "."),
