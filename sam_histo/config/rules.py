@@ -11,6 +11,8 @@ from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, Hea
 EM_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270")
 # Prompt protocols of `sam-histo validate --protocols` (data/protocols.py); "+tta" may follow any of them.
 PROMPT_PROTOCOLS = ("centroid", "points5", "box", "box+neg")
+# LoRA target groups (models/lora.py): Hiera attention qkv/proj, Hiera MLP, mask-decoder transformer.
+LORA_TARGETS = ("encoder_attn", "encoder_mlp", "decoder")
 
 
 def parse_protocols(names, key: str = "eval.protocols") -> list[tuple[str, bool]]:
@@ -165,8 +167,6 @@ def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
 
 
 def _check_lora(lora, phase_stages) -> None:
-    from sam_histo.config.schema import LORA_TARGETS
-
     if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
         raise ConfigError(f"model.lora: need rank >= 0 (0 = off), alpha > 0 and 0 <= dropout < 1, got rank "
                           f"{lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}")

@@ -85,19 +85,12 @@ class PromptConfig:
     n_background: int = 0
 
 
-# LoRA target groups (models/lora.py): Hiera attention qkv/proj, Hiera MLP, mask-decoder transformer.
-LORA_TARGETS = ("encoder_attn", "encoder_mlp", "decoder")
-
-
 @dataclass
-class LoraConfig:
-    """Low-rank adapters on the linear layers of ``targets`` (peft); rank 0 = none. The base weights of
-    those layers stay frozen; the adapters train in every phase whose stages are not "none"."""
-
-    rank: int = 0
+class LoraConfig:  # LoRA adapters (models/lora.py) on the linear layers of targets; base weights frozen
+    rank: int = 0  # 0 = no adapters
     alpha: float = 16.0  # the update is (alpha / rank) * B A
     dropout: float = 0.0
-    targets: list[str] = field(default_factory=lambda: ["encoder_attn"])
+    targets: list[str] = field(default_factory=lambda: ["encoder_attn"])  # encoder_attn, encoder_mlp, decoder
 
 
 @dataclass
@@ -172,8 +165,7 @@ class PhaseConfig:
     """One unfreeze phase: from ``start_epoch`` on, these Hiera stages train at this lr."""
 
     start_epoch: int = 0
-    # "lora": only the LoRA adapters (model.lora) train on the encoder side, no Hiera stage as a whole
-    stages: Union[Literal["all", "none", "lora"], list[int]] = "none"
+    stages: Union[Literal["all", "none", "lora"], list[int]] = "none"  # lora: adapters only, no whole stage
     lr: float = 1e-4
     warmup_steps: int = 0
     min_lr: float = 1e-6
@@ -230,11 +222,8 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
     log_with: list[str] = field(default_factory=lambda: ["tensorboard"])
     loss: LossConfig = field(default_factory=LossConfig)
-    # Validate the starting weights (loaded checkpoint or random init) before the first step, as epoch
-    # "start"; checkpoints/best may then be the start when no epoch beats it.
-    validate_start: bool = True
-    # WiSE-FT after training: (1 - a) * start + a * best for each a, validated; the best a on val becomes
-    # checkpoints/best (its a in state.json). [] = off.
+    validate_start: bool = True  # validate the starting weights first (epoch "start"); best may be the start
+    # WiSE-FT: (1 - a) * start + a * best, each a validated on val, the best kept as checkpoints/best; [] = off
     wise_alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
 
 
@@ -248,8 +237,7 @@ class EvalConfig:
     instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes
     overlays: int = 3  # best and worst images drawn in the report (0: none)
     overlay_class: Optional[str] = None  # class that ranks them; default the rarest class in the split
-    # `sam-histo validate`: score the checkpoint under each prompt protocol (centroid, points5, box, box+neg,
-    # each optionally +tta) on the same deterministic objects, one table; [] = the usual validation.
+    # `sam-histo validate`: one table of centroid, points5, box, box+neg (each optionally +tta); [] = usual
     protocols: list[str] = field(default_factory=list)
 
 
