@@ -56,7 +56,7 @@ def test_demo_trains_two_phases_and_writes_the_report(tmp_path, capsys):
     assert [e["epoch"] for e in vals] == ["start", *range(12)]  # the random-init start is measured first
     report_text = (run / "eval" / "val" / "report.md").read_text()
     assert report_text.startswith("fine-tuning beat the starting weights on val")  # random init is beaten
-    start_row = next(line for line in report_text.splitlines() if line.startswith("| **macro dice** |"))
+    start_row = next(line for line in report_text.splitlines() if line.startswith("| **macro Dice** |"))
     start, best, diff = (float(x) for x in start_row.strip("|").split("|")[1:4])
     assert best > start and diff == pytest.approx(best - start, abs=2e-3) and start == pytest.approx(
         vals[0]["macro"]["dice"], abs=1e-3)

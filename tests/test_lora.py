@@ -87,10 +87,13 @@ def test_lora_run_trains_only_adapters_and_its_release_loads_in_stock_sam2(tmp_p
         "train.batch_size=1", "train.epochs=1", "train.phases=[{start_epoch: 0, stages: lora, lr: 1.0e-2}]",
         "train.train_decoder=false", "train.train_prompt_encoder=false", "model.lora.rank=4",
         "model.lora.targets=[encoder_attn, encoder_mlp]", "train.log_with=[]", "train.num_workers=0",
-        "train.checkpoint_every_steps=0", "eval.overlays=0", "train.wise_alphas=[]", f"output_dir={tmp_path}",
+        "train.checkpoint_every_steps=0", "eval.overlays=0", "train.wise_alphas=[]", "train.validate_start=false", f"output_dir={tmp_path}",
         "name=lora"])
     assert loop.train(cfg)["status"] == "finished"
     run = tmp_path / "lora"
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "val"] == [0]  # validate_start=false: no start epoch
+    assert not (run / "eval" / "start").exists()
     start = load_file(str(run / "checkpoints" / "start" / "model.safetensors"))
     last = load_file(str(next((run / "checkpoints").glob("step_*")) / "model.safetensors"))
     changed = {k for k in start if not torch.equal(start[k], last[k])}

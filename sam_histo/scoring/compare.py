@@ -44,7 +44,7 @@ def start_vs_best(start: dict, best: dict, split: str) -> list[str]:
         lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_diff(a, b)} |")
     for key in ("dice", "iou"):
         a, b = start["macro"].get(key), best["macro"].get(key)
-        lines.append(f"| **macro {key}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |")
+        lines.append(f"| **macro {_name(key)}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |")
     return lines + [""]
 
 
