@@ -52,7 +52,11 @@ def test_destructive_fine_tune_keeps_the_start_and_says_so(pretrained, tmp_path)
     assert (run / "eval" / "start" / "report.md").is_file()
     first = (run / "eval" / "val" / "report.md").read_text().splitlines()[0]
     assert "fine-tuning did not beat the starting weights on val" in first and "best epoch 0" in first
-    assert "## Start vs best on val" in (run / "eval" / "val" / "report.md").read_text()
+    text = (run / "eval" / "val" / "report.md").read_text()
+    assert "## Start vs best on val" in text and "| epoch 0 (not kept) |" in text  # the lost epoch is shown
+    row = next(line for line in text.splitlines() if line.startswith("| **macro Dice** |"))
+    assert [float(x) for x in row.strip("|").split("|")[1:5]] == pytest.approx(
+        [vals[0]["macro"]["dice"], vals[0]["macro"]["dice"], 0.0, vals[1]["macro"]["dice"]], abs=1e-3)
     best = load_file(str(run / "checkpoints" / "best" / "model.safetensors"))
     start = load_file(str(run / "checkpoints" / "start" / "model.safetensors"))
     assert all(torch.equal(best[k], start[k]) for k in start)

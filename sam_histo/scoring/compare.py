@@ -34,17 +34,21 @@ def verdict(start: Optional[float], best: Optional[float], best_epoch, tuned: Op
             f"{_f(best)}{mix}; val macro {_name(metric)}).")
 
 
-def start_vs_best(start: dict, best: dict, split: str) -> list[str]:
-    """Per-class Dice (and the macro averages) of the start and of the best weights on one split."""
+def start_vs_best(start: dict, best: dict, split: str, tuned: Optional[tuple] = None) -> list[str]:
+    """Per-class Dice (and the macro averages) of the start and of the best weights on one split.
+    tuned: (epoch, val record of metrics.jsonl) of the best fine-tuned epoch, shown when best is the start."""
+    extra = f" epoch {tuned[0]} (not kept) |" if tuned else ""
     lines = [f"## Start vs best on {split} (same prompts and protocol)", "",
-             "| class | start Dice | best Dice | difference |", "|---|---:|---:|---:|"]
+             f"| class | start Dice | best Dice | difference |{extra}", "|---|---:|---:|---:|" + ("---:|" if tuned else "")]
     for name, row in best["per_class"].items():
         a = (start["per_class"].get(name) or {}).get("dice")
         b = row.get("dice")
-        lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_diff(a, b)} |")
+        t = f" {_f((tuned[1]['per_class'].get(name) or {}).get('dice'))} |" if tuned else ""
+        lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_diff(a, b)} |{t}")
     for key in ("dice", "iou"):
         a, b = start["macro"].get(key), best["macro"].get(key)
-        lines.append(f"| **macro {_name(key)}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |")
+        t = f" {_f(tuned[1]['macro'].get(key))} |" if tuned else ""
+        lines.append(f"| **macro {_name(key)}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |{t}")
     return lines + [""]
 
 

@@ -76,7 +76,7 @@ def validate_start(run) -> Optional[dict]:
 
 
 def best_tuned_epoch(run_dir: Path, metric: str) -> Optional[tuple]:
-    """(epoch, val macro ``metric``) of the best fine-tuned (non-start) validation in metrics.jsonl."""
+    """(epoch, val macro ``metric``, its metrics.jsonl record) of the best fine-tuned (non-start) validation."""
     path = Path(run_dir) / "metrics.jsonl"
     best = None
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -85,7 +85,7 @@ def best_tuned_epoch(run_dir: Path, metric: str) -> Optional[tuple]:
             continue
         score = (rec.get("selection") or rec.get("macro") or {}).get(metric)
         if score is not None and (best is None or score > best[1]):
-            best = (rec["epoch"], score)
+            best = (rec["epoch"], score, rec)
     return best
 
 
@@ -115,13 +115,16 @@ def compare_with_start(run, finals: dict, wise: Optional[dict]) -> Optional[dict
         ck.load_model_weights(run.model, best_dir)
     metric = cfg.train.early_stop.metric
     alpha = (wise or {}).get("chosen")
-    line = verdict(selection_scores(start_val).get(metric), selection_scores(finals["val"]).get(metric), run.state.best_epoch,
-                   best_tuned_epoch(root, metric), metric, alpha)
+    tuned = best_tuned_epoch(root, metric)
+    line = verdict(selection_scores(start_val).get(metric), selection_scores(finals["val"]).get(metric),
+                   run.state.best_epoch, tuned, metric, alpha)
     if acc.is_main_process:
         for split, best in finals.items():
             report = root / "eval" / split / "report.md"
             if report.is_file() and split in starts:
-                extra = wise_table(wise["rows"], alpha, metric) if split == "val" and wise and wise.get("rows") else []
-                prepend(report, [line, "", *start_vs_best(starts[split], best, split), *extra])
+                val = split == "val"
+                shown = (tuned[0], tuned[2]) if val and tuned and run.state.best_epoch == START else None
+                extra = wise_table(wise["rows"], alpha, metric) if val and wise and wise.get("rows") else []
+                prepend(report, [line, "", *start_vs_best(starts[split], best, split, shown), *extra])
     acc.print(line.replace("**", ""))
     return {"verdict": line.replace("**", ""), "start": {s: selection_scores(m) for s, m in starts.items()}}
