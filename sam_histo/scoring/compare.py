@@ -17,6 +17,12 @@ def _name(metric: str) -> str:
     return {"dice": "Dice", "iou": "IoU"}.get(metric, metric)
 
 
+def _sel(m: dict) -> dict:
+    """The macro scores that choose checkpoints: over the foreground classes when there is a background."""
+    fg = m.get("foreground")
+    return fg["macro"] if fg else m["macro"]
+
+
 def _diff(a, b) -> str:
     return "n/a" if a is None or b is None else f"{b - a:+.3f}"
 
@@ -45,10 +51,11 @@ def start_vs_best(start: dict, best: dict, split: str, tuned: Optional[tuple] = 
         b = row.get("dice")
         t = f" {_f((tuned[1]['per_class'].get(name) or {}).get('dice'))} |" if tuned else ""
         lines.append(f"| {name} | {_f(a)} | {_f(b)} | {_diff(a, b)} |{t}")
+    fg = " (foreground)" if best.get("foreground") else ""
     for key in ("dice", "iou"):
-        a, b = start["macro"].get(key), best["macro"].get(key)
-        t = f" {_f(tuned[1]['macro'].get(key))} |" if tuned else ""
-        lines.append(f"| **macro {_name(key)}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |{t}")
+        a, b = _sel(start).get(key), _sel(best).get(key)
+        t = f" {_f((tuned[1].get('selection') or tuned[1]['macro']).get(key))} |" if tuned else ""
+        lines.append(f"| **macro {_name(key)}{fg}** | {_f(a)} | {_f(b)} | {_diff(a, b)} |{t}")
     return lines + [""]
 
 
@@ -63,9 +70,10 @@ def wise_table(rows: Sequence[tuple[float, dict]], chosen: Optional[float], metr
     for alpha, m in rows:
         mark = " (kept)" if chosen is not None and alpha == chosen else ""
         cells = [_f((m["per_class"].get(n) or {}).get("dice")) for n in names]
-        lines.append(f"| {alpha:g}{mark} | {_f(m['macro'].get('dice'))} | {_f(m['macro'].get('iou'))} | "
+        lines.append(f"| {alpha:g}{mark} | {_f(_sel(m).get('dice'))} | {_f(_sel(m).get('iou'))} | "
                      + " | ".join(cells) + " |")
-    return lines + ["", f"The kept alpha has the highest val macro {_name(metric)} (ties: the first listed).", ""]
+    fg = " over the foreground classes" if rows[0][1].get("foreground") else ""
+    return lines + ["", f"The kept alpha has the highest val macro {_name(metric)}{fg} (ties: the first listed).", ""]
 
 
 def prepend(report_path, lines: list[str]) -> None:
