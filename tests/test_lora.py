@@ -120,3 +120,12 @@ def test_lora_config_errors_name_the_key():
         load_config(None, ["model.lora.rank=4", "model.lora.targets=[encoder_atn]"])
     with pytest.raises(ConfigError, match="stages 'lora' trains LoRA adapters, but model.lora.rank is 0"):
         load_config(None, ["train.phases=[{start_epoch: 0, stages: lora}]"])
+
+
+def test_a_bundle_config_asking_for_adapters_is_refused():
+    from sam_histo.release.trust import BundleError, check_model
+
+    model = {"arch": "tiny", "image_size": 64, "lora": {"rank": 0, "targets": ["encoder_attn"]}}
+    assert "lora" not in check_model(model, "b/config.json")  # a merged bundle: the default (no adapters)
+    with pytest.raises(BundleError, match="config.model.lora .* asks for adapters.*merged plain weights"):
+        check_model({**model, "lora": {"rank": 4}}, "b/config.json")

@@ -25,7 +25,7 @@ from sam_histo.config import ConfigError
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _OVERRIDE_KEY = re.compile(r"^model(\.[A-Za-z][A-Za-z0-9_]*)+$")
-MODEL_KEYS = {"arch", "image_size", "mode", "multimask", "strict", "overrides", "checkpoint", "cache_dir"}
+MODEL_KEYS = {"arch", "image_size", "mode", "multimask", "strict", "overrides", "checkpoint", "cache_dir", "lora"}
 MAX_IMAGE_SIZE = 4096
 
 
@@ -94,7 +94,11 @@ def check_model(model: dict, where: str) -> dict:
         raise BundleError(f"{where}: model.overrides is not a list: refused")
     for text in overrides:
         check_override(text, where)
-    return {**model, "checkpoint": None, "cache_dir": None}
+    lora = model.get("lora")
+    if lora is not None and (not isinstance(lora, dict) or lora.get("rank") not in (0, None)):
+        raise BundleError(f"{where}: config.model.lora {str(lora)[:80]} asks for adapters, but a bundle holds "
+                             "merged plain weights (release merges LoRA): refused")
+    return {k: v for k, v in {**model, "checkpoint": None, "cache_dir": None}.items() if k != "lora"}
 
 
 def _looks_like_path(value) -> bool:
