@@ -39,6 +39,8 @@ KINDS: dict[str, DatasetKind] = {k.name: k for k in (
                 description="BCSS ROIs: images/ + masks/ (region codes) + gtruth_codes.tsv"),
     DatasetKind("lgg", "sam_histo.data.lgg:LGG", "he", ("random",), ("background", "CT", "LE", "IT"),
                 description="LGG glioma: images/ + masks/ (0-3) and unmasked crops"),
+    DatasetKind("folder", "sam_histo.data.folder:Folder", "he", ("random", "files"),
+                description="your own images/ + masks/ (label maps) matched by stem, any image format"),
     DatasetKind("vesicle", "sam_histo.data.vesicle:Vesicle", "em", ("z",), ("background", "vesicle"),
                 volume=True, description="EM vesicle volume + instance labels (HDF5 or TIFF)"),
 )}

@@ -87,6 +87,15 @@ def _check_data_rules(cfg: Config) -> None:
     both = set(d.val_sites) & set(d.test_sites)
     if both:
         raise ConfigError(f"data.val_sites and data.test_sites share {sorted(both)}: a site goes to one split")
+    if d.decode_cache_mb < 0:
+        raise ConfigError(f"data.decode_cache_mb={d.decode_cache_mb} must be >= 0 (megabytes per process)")
+    if d.group_regex:
+        import re
+
+        try:
+            re.compile(d.group_regex)
+        except re.error as e:
+            raise ConfigError(f"data.group_regex={d.group_regex!r} is not a regular expression ({e})") from None
     if cfg.sampling.iter_per_epoch is not None and cfg.sampling.iter_per_epoch < 1:
         raise ConfigError("sampling.iter_per_epoch must be a positive number of samples (or null)")
     if cfg.sampling.max_rate < 1:

@@ -32,7 +32,9 @@ class DataConfig:
     grouping: dict[str, list[str]] = field(default_factory=dict)
     tile_size: int = 1024
     tile_stride: int = 1024
-    split: Literal["random", "institute", "z"] = "random"
+    # random: by slide (BCSS, LGG) or by group key (folder); institute: TCGA sites (BCSS); z: along a volume
+    # (vesicle); files: the lists splits/{train,val,test}.txt under data.root (folder, coco).
+    split: Literal["random", "institute", "z", "files"] = "random"
     val_fraction: float = 0.15
     test_fraction: float = 0.0
     # BCSS institute split: TCGA site codes (e.g. "OL", "LL") for each held-out split.
@@ -43,6 +45,21 @@ class DataConfig:
     tissue: TissueConfig = field(default_factory=TissueConfig)
     # Where derived files go (BCSS tile index, LGG generated crop masks); "" = <root>/.sam_histo_cache.
     cache_dir: str = ""
+    # Decoded images (BCSS, folder): memmap = one uncompressed copy per image under <cache>/decoded, read
+    # memory-mapped; memory = a per-process LRU of decode_cache_mb; none = decode at every sample.
+    decode_cache: Literal["memmap", "memory", "none"] = "memmap"
+    decode_cache_mb: int = 1024
+    # Folder (data/folder.py): images and masks sub-folders of data.root ("" = images|img and
+    # masks|labels|labelcol); pairs match by stem (a.tif with a.png).
+    image_dir: str = ""
+    mask_dir: str = ""
+    # Folder: class name -> mask value(s); classes not named keep value = their id. Empty with two classes
+    # and masks holding exactly 0 and one other value (e.g. 0/255): that value is class 1.
+    mask_values: dict[str, Union[int, list[int]]] = field(default_factory=dict)
+    ignore_value: Optional[int] = None  # folder: mask value ignored by losses and metrics
+    # Folder random split: the group of a file is the first group (else the whole match) of this regex
+    # searched in its stem, so tiles of one slide stay together; "" = each stem is its own group.
+    group_regex: str = ""
     # Vesicle volumes.
     volume: str = "volume.h5"
     labels: str = "labels.h5"
