@@ -1,5 +1,6 @@
 """Configs, prompt files and the weights manifest ship inside the wheel and are found from any folder."""
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -29,9 +30,20 @@ def test_a_bare_name_is_a_project_config_even_beside_a_folder_of_that_name(tmp_p
         load_config("nope")
 
 
+def _source_copy(dest: Path) -> Path:
+    """What an sdist holds, copied, so the build writes nothing into the checkout (setuptools builds in-tree)."""
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "resources")
+    for name in ("sam_histo", "configs", "prompts", "third_party"):
+        shutil.copytree(PROJECT_ROOT / name, dest / name, ignore=skip)
+    for name in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md"):
+        shutil.copy2(PROJECT_ROOT / name, dest / name)
+    return dest
+
+
 def test_the_wheel_carries_the_data_files_and_reads_them_outside_the_checkout(tmp_path):
+    src = _source_copy(tmp_path / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(PROJECT_ROOT)], check=True, capture_output=True, timeout=300)
+                    str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
     wheel = next((tmp_path / "dist").glob("sam_histo-*.whl"))
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()

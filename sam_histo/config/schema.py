@@ -57,6 +57,9 @@ class DataConfig:
     # and masks holding exactly 0 and one other value (e.g. 0/255): that value is class 1.
     mask_values: dict[str, Union[int, list[int]]] = field(default_factory=dict)
     ignore_value: Optional[int] = None  # folder: mask value ignored by losses and metrics
+    # dataset (your own torch Dataset through sam_histo.train): the name in data.classes of the id that
+    # losses and metrics ignore ("" = none).
+    ignore_class: str = ""
     # Folder random split: the group of a file is the first group (else the whole match) of this regex
     # searched in its stem, so tiles of one slide stay together; "" = each stem is its own group.
     group_regex: str = ""

@@ -155,11 +155,11 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
 
 
 def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
-                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True) -> dict:
+                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True, adapter=None) -> dict:
     """The final evaluation of a split: ``validate`` (2-D, per class), or for vesicle volumes with
     ``eval.instances`` the 3-D instance evaluation, run on the main process and shared with the others."""
     if not (dataset_kind(cfg.data.dataset).volume and cfg.eval.instances):
-        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress)
+        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress, adapter)
     if accelerator is None or accelerator.num_processes == 1:
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
     from accelerate.utils import broadcast_object_list
@@ -180,16 +180,18 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
 
 
 def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Optional[str] = None,
-                    accelerator=None, progress: bool = True, required: bool = False) -> tuple[dict, list]:
+                    accelerator=None, progress: bool = True, required: bool = False,
+                    adapters: Optional[dict] = None) -> tuple[dict, list]:
     """The one "evaluate these splits" helper (the trainer's final report, a release's metrics, `validate`):
     ``({split: metrics JSON}, [splits without samples])``; ``out_dirs[split]`` also gets the report. An
     empty split (:class:`MissingSplitError`) is skipped unless ``required``; every other error propagates,
-    so a bug or a bad tile fails the command instead of reading as "no such split"."""
+    so a bug or a bad tile fails the command instead of reading as "no such split". ``adapters[split]``: a
+    split's adapter when the caller has it (the Python API's datasets)."""
     results, missing = {}, []
     for split in splits:
         try:
             results[split] = validate_split(model, cfg, split, (out_dirs or {}).get(split), checkpoint,
-                                            accelerator, progress)
+                                            accelerator, progress, (adapters or {}).get(split))
         except MissingSplitError:
             if required:
                 raise

@@ -37,15 +37,16 @@ class RunData:
         return -(-len(self.sampler) // self.loader.batch_size)
 
 
-def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool) -> RunData:
-    """Training adapter, class statistics (cached in the run folder), loss weights, sampler and loader."""
+def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool, train=None) -> RunData:
+    """Training adapter (``train`` when given, else from ``cfg.data``), class statistics (cached in the run
+    folder), loss weights, sampler and loader."""
     from sam_histo.augment import build_train_transform
     from sam_histo.data.dataset import build_dataset
     from sam_histo.data.sampling import build_sampler, class_weights, compute_stats
     from sam_histo.config.datasets import modality
     from sam_histo.training.samples import TrainSet, make_loader
 
-    train = build_dataset(cfg.data, "train")
+    train = build_dataset(cfg.data, "train") if train is None else train
     if len(train) == 0:
         raise ValueError(f"the train split of {cfg.data.root} is empty: check data.root and the split fractions")
     classes = train.classes
