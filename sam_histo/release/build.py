@@ -323,7 +323,7 @@ def make_release(run: str | Path, out: str | Path, checkpoint: str = "best", for
     tmp.mkdir()
     try:
         write_bundle(run, tmp, checkpoint, recompute)
-        for path in tmp.rglob("*"):  # temporary-file writers create 0600 files; a bundle is for sharing
+        for path in tmp.rglob("*"):  # a bundle is for sharing: world-readable whatever the umask
             path.chmod(0o755 if path.is_dir() else 0o644)
         digest = B.write_sums(tmp)
         outcome = _install(tmp, out, force)
