@@ -41,6 +41,8 @@ KINDS: dict[str, DatasetKind] = {k.name: k for k in (
                 description="LGG glioma: images/ + masks/ (0-3) and unmasked crops"),
     DatasetKind("folder", "sam_histo.data.folder:Folder", "he", ("random", "files"),
                 description="your own images/ + masks/ (label maps) matched by stem, any image format"),
+    DatasetKind("coco", "sam_histo.data.io.coco:Coco", "he", ("random", "files"),
+                description="a COCO instances JSON (polygons, RLE) + images/; categories mapped by name"),
     DatasetKind("dataset", "sam_histo.data.dataset:SampleDataset", "he", ("random",),
                 description="your own torch Dataset of Sample, given to sam_histo.train / sam_histo.evaluate"),
     DatasetKind("vesicle", "sam_histo.data.vesicle:Vesicle", "em", ("z",), ("background", "vesicle"),

@@ -57,6 +57,8 @@ class DataConfig:
     # and masks holding exactly 0 and one other value (e.g. 0/255): that value is class 1.
     mask_values: dict[str, Union[int, list[int]]] = field(default_factory=dict)
     ignore_value: Optional[int] = None  # folder: mask value ignored by losses and metrics
+    # COCO: the instances JSON, relative to data.root (or absolute); images in data.image_dir (images|img).
+    annotations: str = "annotations.json"
     # dataset (your own torch Dataset through sam_histo.train): the name in data.classes of the id that
     # losses and metrics ignore ("" = none).
     ignore_class: str = ""
