@@ -32,8 +32,7 @@ class DataConfig:
     grouping: dict[str, list[str]] = field(default_factory=dict)
     tile_size: int = 1024
     tile_stride: int = 1024
-    # random: by slide (BCSS, LGG) or by group key (folder); institute: TCGA sites (BCSS); z: along a volume
-    # (vesicle); files: the lists splits/{train,val,test}.txt under data.root (folder, coco).
+    # random (by slide or group), institute (BCSS: TCGA sites), z (volumes), files (splits/*.txt: folder, coco)
     split: Literal["random", "institute", "z", "files"] = "random"
     val_fraction: float = 0.15
     test_fraction: float = 0.0
@@ -45,26 +44,19 @@ class DataConfig:
     tissue: TissueConfig = field(default_factory=TissueConfig)
     # Where derived files go (BCSS tile index, LGG generated crop masks); "" = <root>/.sam_histo_cache.
     cache_dir: str = ""
-    # Decoded images (BCSS, folder): memmap = one uncompressed copy per image under <cache>/decoded, read
-    # memory-mapped; memory = a per-process LRU of decode_cache_mb; none = decode at every sample.
+    # Decoded images (BCSS, folder; data/io/decoded.py): memmap | memory (an LRU of decode_cache_mb) | none.
     decode_cache: Literal["memmap", "memory", "none"] = "memmap"
     decode_cache_mb: int = 1024
-    # Folder (data/folder.py): images and masks sub-folders of data.root ("" = images|img and
-    # masks|labels|labelcol); pairs match by stem (a.tif with a.png).
+    # Folder / COCO (data/folder.py, data/io/coco.py): sub-folders of data.root ("" = images|img and
+    # masks|labels|labelcol); class -> mask value(s) (default value = id; 0/v binary masks: v = class 1);
+    # the ignored mask value; the regex whose first group is a file's split group ("" = its stem).
     image_dir: str = ""
     mask_dir: str = ""
-    # Folder: class name -> mask value(s); classes not named keep value = their id. Empty with two classes
-    # and masks holding exactly 0 and one other value (e.g. 0/255): that value is class 1.
     mask_values: dict[str, Union[int, list[int]]] = field(default_factory=dict)
-    ignore_value: Optional[int] = None  # folder: mask value ignored by losses and metrics
-    # COCO: the instances JSON, relative to data.root (or absolute); images in data.image_dir (images|img).
-    annotations: str = "annotations.json"
-    # dataset (your own torch Dataset through sam_histo.train): the name in data.classes of the id that
-    # losses and metrics ignore ("" = none).
-    ignore_class: str = ""
-    # Folder random split: the group of a file is the first group (else the whole match) of this regex
-    # searched in its stem, so tiles of one slide stay together; "" = each stem is its own group.
+    ignore_value: Optional[int] = None
     group_regex: str = ""
+    annotations: str = "annotations.json"  # COCO instances JSON, relative to data.root or absolute
+    ignore_class: str = ""  # kind dataset (sam_histo.train on your Datasets): the ignored class's name
     # Vesicle volumes.
     volume: str = "volume.h5"
     labels: str = "labels.h5"
