@@ -27,6 +27,7 @@ def test_each_image_is_decoded_once_however_the_tiles_are_ordered(bcss_root, tmp
             s, ref = ds[int(i)], plain[int(i)]
             np.testing.assert_array_equal(s.image, ref.image)
             np.testing.assert_array_equal(s.mask, ref.mask)
+            assert s.image.flags.writeable and s.mask.flags.writeable  # the sample's own arrays
     assert ds.decoded.decodes == 2 * n_files  # RGB and codes, once each
     assert plain.decoded.decodes == 2 * 2 * len(ds)  # the uncached path decodes both at every sample
     if mode == "memmap":  # a later run (a new adapter, another process) reuses the decoded files

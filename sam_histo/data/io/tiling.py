@@ -121,4 +121,5 @@ class TiledAdapter(Adapter):
         rec, y, x, _, _ = self._items[i]
         rgb = self.decoded.get("rgb", self._paths(rec)[0], lambda p: read_image(p)[0])
         image = crop(rgb, y, x, self.tile, None if self._fill is None else self._fill[0])
-        return Sample(image=np.ascontiguousarray(image), mask=self.label(i), meta=self.meta(i))
+        # a copy: the crop of a memory-mapped (read-only) image must be the sample's own, writable array
+        return Sample(image=np.array(image, order="C", copy=True), mask=self.label(i), meta=self.meta(i))
