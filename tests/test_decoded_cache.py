@@ -56,3 +56,23 @@ def test_memmap_follows_a_changed_source_and_memory_keeps_its_budget(tmp_path):
     small.get("codes", other, read)
     small.get("codes", src, read)
     assert small.decodes == 3 and len(small._lru) == 1
+
+
+def test_a_read_only_data_root_is_never_written_into(bcss_root, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "ro"
+    shutil.copytree(bcss_root, root, ignore=shutil.ignore_patterns(".sam_histo_cache"))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    monkeypatch.setenv("SAM_HISTO_CACHE", str(tmp_path / "home_cache"))
+    for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+        d.chmod(0o555)  # marked read-only (root could still write: the mode bits decide)
+    try:
+        ds = build_dataset(load_config("bcss", [f"data.root={root}", "data.tile_size=64", "data.tile_stride=64"]).data,
+                           "all")
+        ds[0]
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+        assert any((tmp_path / "home_cache" / "data").rglob("*.npy"))  # the decoded cache went there
+    finally:
+        for d in [root, *[p for p in root.rglob("*") if p.is_dir()]]:
+            d.chmod(0o755)

@@ -179,9 +179,29 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
 
 
+def read_only(folder: Path) -> bool:
+    """No write permission for this user, or no write bit for anyone (a folder marked read-only, which
+    root could still write into)."""
+    import os
+
+    return not os.access(folder, os.W_OK) or not folder.stat().st_mode & 0o222
+
+
 def cache_root(root: Path, cache_dir: str) -> Optional[Path]:
-    """The cache folder, created; None (with a warning) when it cannot be written."""
-    path = Path(cache_dir) if cache_dir else root / ".sam_histo_cache"
+    """The cache folder, created: ``data.cache_dir``, else ``<root>/.sam_histo_cache``, else, for a read-only
+    data root, ``$SAM_HISTO_CACHE/data/<hash of root>`` (default ~/.cache/sam_histo): a shared or read-only
+    data set is never written into. None (with a warning) when it cannot be written."""
+    import hashlib
+    import os
+
+    if cache_dir:
+        path = Path(cache_dir).expanduser()
+    elif read_only(root):
+        base = Path(os.environ.get("SAM_HISTO_CACHE") or "~/.cache/sam_histo").expanduser()
+        path = base / "data" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+        log.info("data.root %s is read-only: derived files go to %s (data.cache_dir to choose)", root, path)
+    else:
+        path = root / ".sam_histo_cache"
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"
