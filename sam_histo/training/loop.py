@@ -281,10 +281,10 @@ def validate_epoch(run: Run, epoch: int) -> bool:
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
     try:
-    try:
         if run.val_data is None:  # index the split once, not every epoch
             run.val_data = run.split_data("val")
         metrics = epoch_metrics(run.model, cfg, run.val_data, f"epoch {epoch}", acc, acc.is_local_main_process)
+    except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
