@@ -187,7 +187,7 @@ class BCSS(TiledAdapter):
                             f"(known: {sorted(self.table.values())})")
         n = max(self.table.values()) + 1
         tiles = tile_histograms(codes, self.tile, self.stride, n, lambda hist: hist[1:].any())  # an in-ROI pixel
-        return {"shape": [h, w], "tiles": tiles}
+        return {"shape": [h, w], "tiles": tiles, "decoded": True}  # cached only after check_decodes passed
 
     # ------------------------------------------------------------------------------------ access
     def _paths(self, rec: dict) -> tuple[Path, Path]:
