@@ -44,6 +44,7 @@ def check_rules(cfg: Config) -> None:
                 + nearest(name, classes)
             )
     _check_data_rules(cfg)
+    _check_resolution(cfg)
     if cfg.sampling.oversample == "manual" and not cfg.sampling.rates:
         raise ConfigError("sampling.oversample=manual needs sampling.rates (class -> rate)")
     lo, hi = cfg.sampling.class_weights.clip
@@ -67,6 +68,17 @@ def check_rules(cfg: Config) -> None:
     if not kind.stain and (cfg.augment.hed > 0 or cfg.augment.macenko > 0 or cfg.stain.method != "none"):
         raise ConfigError(f"{kind.name} ({kind.modality.upper()}) data takes no stain operations: set "
                           "augment.hed=0, augment.macenko=0, stain.method=none")
+
+
+def _check_resolution(cfg: Config) -> None:
+    for key, value in (("data.mpp", cfg.data.mpp), ("model.target_mpp", cfg.model.target_mpp)):
+        if value is not None and not 0.01 <= value <= 50:
+            raise ConfigError(f"{key}={value} must be microns per pixel in [0.01, 50] (40x is about 0.25, "
+                              "20x about 0.5), or null")
+    rng = cfg.augment.scale_range
+    if len(rng) != 2 or not 0 < rng[0] <= rng[1] or rng[1] / rng[0] > 16:
+        raise ConfigError(f"augment.scale_range={rng} must be [low, high] with 0 < low <= high <= 16 x low "
+                          "(relative resolution; [1, 1] = off)")
 
 
 def _check_data_rules(cfg: Config) -> None:

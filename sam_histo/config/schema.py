@@ -57,6 +57,10 @@ class DataConfig:
     group_regex: str = ""
     annotations: str = "annotations.json"  # COCO instances JSON, relative to data.root or absolute
     ignore_class: str = ""  # kind dataset (sam_histo.train on your Datasets): the ignored class's name
+    # Microns per pixel of every image that carries none itself (no MPP- in its name, no TIFF resolution
+    # tags; data/resolution.py); null = unknown. mpp_table: CSV/TSV with columns file,mpp (wins over all).
+    mpp: Optional[float] = None
+    mpp_table: str = ""
     # Vesicle volumes.
     volume: str = "volume.h5"
     labels: str = "labels.h5"
@@ -116,6 +120,9 @@ class ModelConfig:
     overrides: list[str] = field(default_factory=list)
     mode: Literal["semantic", "prompted"] = "semantic"
     multimask: bool = True  # prompted mode: 3 masks per prompt (the best one is trained) or 1
+    # Microns per pixel the model works at: training tiles are resampled to it before cropping, and
+    # validate / predict resample each image to it and the probabilities back (null: no resampling).
+    target_mpp: Optional[float] = None
 
 
 @dataclass
@@ -163,6 +170,9 @@ class AugmentConfig:
     cutout: float = 0.0  # cutout probability
     cutout_holes: int = 3
     cutout_size: float = 0.1  # hole side as a fraction of the image side
+    # Relative resolution [low, high]: each training tile is shown as if scanned at mpp x s, s drawn
+    # log-uniformly (s > 1 coarser, smaller nuclei); [1, 1] = off. For data of mixed magnification.
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
 
 @dataclass

@@ -34,7 +34,30 @@ class Adapter(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        return self._load(i % len(self))
+        i %= len(self)
+        sample = self._load(i)
+        if "mpp" not in sample.meta:
+            sample.meta["mpp"], sample.meta["mpp_source"] = self.mpp(i)
+        return sample
+
+    def mpp(self, i: int) -> tuple[Optional[float], str]:
+        """(microns per pixel or None, where it came from) of sample ``i``: data.mpp_table, the file name,
+        TIFF tags, data.mpp, else unknown (``data.resolution.resolve_mpp``)."""
+        from sam_histo.data.resolution import data_mpp, resolve_mpp
+
+        if getattr(self, "_mpp_conf", None) is None:
+            self._mpp_conf = data_mpp(getattr(self, "cfg", None))
+        return resolve_mpp(self.meta(i)["source"], *self._mpp_conf)
+
+    def resolutions(self) -> dict:
+        """{"sources": tiles per mpp source, "mpp": tiles per mpp value (None = unknown)} without pixels."""
+        sources: dict[str, int] = {}
+        values: dict = {}
+        for i in range(len(self)):
+            mpp, source = self.mpp(i)
+            sources[source] = sources.get(source, 0) + 1
+            values[mpp] = values.get(mpp, 0) + 1
+        return {"sources": sources, "mpp": values}
 
     def _load(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError

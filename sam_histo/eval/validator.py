@@ -31,6 +31,7 @@ class SplitPredictor:
 
     ``__call__(index) -> (sample, pred, probs)``: the eval-transformed sample (stain normalisation only),
     its predicted class map (H, W) int64 and, in semantic mode, probabilities (C, H, W) (else None).
+    Semantic mode with model.target_mpp predicts at that resolution and scores on the tile's own grid.
     """
 
     def __init__(self, model, adapter, cfg: Config):
@@ -39,6 +40,7 @@ class SplitPredictor:
         self.model, self.adapter = model, adapter
         self.classes: ClassSpec = adapter.classes
         self.mode = cfg.model.mode
+        self.target_mpp = cfg.model.target_mpp
         self.eval_cfg = cfg.eval
         # Validation prompts every object (up to eval.max_objects) and adds no background clicks.
         self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
@@ -52,7 +54,8 @@ class SplitPredictor:
         sample.image, sample.mask = out["image"], out["mask"]
         if self.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
-                                   self.eval_cfg.window_overlap, self.eval_cfg.batch_size)
+                                   self.eval_cfg.window_overlap, self.eval_cfg.batch_size,
+                                   mpp=sample.mpp, target_mpp=self.target_mpp)
             return sample, probs.argmax(0).astype(np.int64), probs
         prompts = make_prompts(sample.mask, self.classes, self.prompt_cfg,
                                prompt_rng(self.eval_cfg.prompt_seed, index), instances=sample.instances)

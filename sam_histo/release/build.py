@@ -270,7 +270,7 @@ def write_bundle(run: Path, tmp: Path, checkpoint: str, recompute: bool) -> dict
         "name": cfg.name,
         "released_checkpoint": {"label": label, "source_file": str(weights), "sha256": sha256_file(weights)},
         "model": {"arch": cfg.model.arch, "canonical_arch": model.arch, "image_size": cfg.model.image_size,
-                  "mode": cfg.model.mode, "num_classes": model.num_classes,
+                  "target_mpp": cfg.model.target_mpp, "mode": cfg.model.mode, "num_classes": model.num_classes,
                   "parameters": sum(p.numel() for p in model.parameters()), "sam2_build": sam2_build_info(cfg.model)},
         "base_checkpoint": base_checkpoint_info(cfg.model),
         "versions": versions(),
