@@ -8,7 +8,7 @@ import yaml
 from scipy import ndimage
 
 from sam_histo.config import ConfigError, load_config
-from sam_histo.data import resolution as R
+from sam_histo.data.io import resolution as R
 from sam_histo.data.types import ClassSpec, DataError, Sample
 
 

@@ -43,7 +43,7 @@ class Adapter(Sequence):
     def mpp(self, i: int) -> tuple[Optional[float], str]:
         """(microns per pixel or None, where it came from) of sample ``i``: data.mpp_table, the file name,
         TIFF tags, data.mpp, else unknown (``data.resolution.resolve_mpp``)."""
-        from sam_histo.data.resolution import data_mpp, resolve_mpp
+        from sam_histo.data.io.resolution import data_mpp, resolve_mpp
 
         if getattr(self, "_mpp_conf", None) is None:
             self._mpp_conf = data_mpp(getattr(self, "cfg", None))

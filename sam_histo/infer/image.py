@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from sam_histo.data.resolution import resample_image, scale_factor, to_size
+from sam_histo.data.io.resolution import resample_image, scale_factor, to_size
 from sam_histo.data.types import Prompts
 from sam_histo.infer.sliding import sliding_window
 

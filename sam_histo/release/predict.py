@@ -104,7 +104,7 @@ def at_target_mpp(core, target_mpp: Optional[float], label_from_probs: bool = Tr
     predicted, and the probabilities resized back (bilinear) to the input's (H, W); the label is their argmax
     (``label_from_probs``) or the core's label resized with nearest neighbour. Unknown mpp or no target:
     ``core`` as is."""
-    from sam_histo.data.resolution import resample_image, resample_labels, scale_factor, to_size
+    from sam_histo.data.io.resolution import resample_image, resample_labels, scale_factor, to_size
 
     def predict(image: np.ndarray, mpp: Optional[float] = None):
         factor = scale_factor(mpp, target_mpp)
@@ -226,7 +226,7 @@ def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Pa
 def input_resolutions(inputs, default_mpp: Optional[float], target_mpp: Optional[float]) -> dict:
     """{key: {"mpp", "source"}} of every input (file name, TIFF tags, else --mpp); warns about the unknown
     ones when the release works at a target resolution (they are predicted at their own scale)."""
-    from sam_histo.data.resolution import resolve_mpp
+    from sam_histo.data.io.resolution import resolve_mpp
 
     out = {}
     for f, key in inputs:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from sam_histo.data.prompts import make_prompts
-from sam_histo.data.resolution import to_target
+from sam_histo.data.io.resolution import to_target
 from sam_histo.data.types import ClassSpec, Prompts
 
 
