@@ -55,7 +55,8 @@ def add_arguments(parser) -> None:
                         help="um/px of tiles whose name and TIFF tags give none (MoNuSeg: 40x, 0.25)")
     parser.add_argument("--min-area", type=float, default=2.0, help="baseline: smallest nucleus in um^2")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment and training seed")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a "
+                        "shared CPU: 2 threads on 2 busy cores ran ~20x slower)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for training (repeatable)")
 
