@@ -18,6 +18,7 @@ temporary folder; nothing is written into the data folder or the project.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -243,6 +244,10 @@ def run(args) -> dict:
             train_s += seconds
             rows, took = score_tiles(model, cfg, [tiles[i] for i in held], args.min_area)
             per_fold.append(rows)
+            fold_means = {m: summarise([rows])[m] for m in MAGS}
+            print(f"fold {f}: " + ", ".join(f"{m} ours {v['ours_mean']:.3f} Otsu {v['baseline_mean']:.3f}"
+                                          for m, v in fold_means.items())
+                  + f" ({seconds:.0f} s training)", file=sys.stderr, flush=True)
             rows_all += [{**r, "fold": f} for r in rows]
             spent = {k: spent[k] + took[k] for k in spent}
     finally:
