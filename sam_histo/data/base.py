@@ -37,17 +37,20 @@ class Adapter(Sequence):
         i %= len(self)
         sample = self._load(i)
         if "mpp" not in sample.meta:
-            sample.meta["mpp"], sample.meta["mpp_source"] = self.mpp(i)
+            sample.meta["mpp"], sample.meta["mpp_source"] = self._mpp_of(sample.meta.get("source", ""))
         return sample
 
     def mpp(self, i: int) -> tuple[Optional[float], str]:
         """(microns per pixel or None, where it came from) of sample ``i``: data.mpp_table, the file name,
-        TIFF tags, data.mpp, else unknown (``data.resolution.resolve_mpp``)."""
+        TIFF tags, data.mpp, else unknown (``data.io.resolution.resolve_mpp``)."""
+        return self._mpp_of(self.meta(i)["source"])
+
+    def _mpp_of(self, source) -> tuple[Optional[float], str]:
         from sam_histo.data.io.resolution import data_mpp, resolve_mpp
 
         if getattr(self, "_mpp_conf", None) is None:
             self._mpp_conf = data_mpp(getattr(self, "cfg", None))
-        return resolve_mpp(self.meta(i)["source"], *self._mpp_conf)
+        return resolve_mpp(source, *self._mpp_conf)
 
     def resolutions(self) -> dict:
         """{"sources": tiles per mpp source, "mpp": tiles per mpp value (None = unknown)} without pixels."""
