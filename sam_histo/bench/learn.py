@@ -17,6 +17,7 @@ temporary folder; nothing is written into the data folder or the project.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -165,7 +166,8 @@ def train_fold(args, pairs, train_idx, work: Path, fold: int):
         overrides.append(f"train.epochs={args.epochs}")
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
-    out = train(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's lines must not mix with --json on stdout
+        out = train(cfg)
     seconds = time.perf_counter() - t0
     if out.get("status") != "finished":
         raise RuntimeError(f"fold {fold}: training ended with status {out.get('status')}")
