@@ -1,8 +1,5 @@
-"""The typed configuration: one dataclass per section, with defaults.
-
-YAML files list only the differences from these defaults. The loader runs the cross-field rules of
-``rules.py`` once, after overrides.
-"""
+"""The typed configuration: one dataclass per section, with defaults. YAML files list only the differences
+from these defaults; the loader runs the cross-field rules of ``rules.py`` once, after overrides."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,10 +54,8 @@ class DataConfig:
     group_regex: str = ""
     annotations: str = "annotations.json"  # COCO instances JSON, relative to data.root or absolute
     ignore_class: str = ""  # kind dataset (sam_histo.train on your Datasets): the ignored class's name
-    # Microns per pixel of every image that carries none itself (no MPP- in its name, no TIFF resolution
-    # tags; data/resolution.py); null = unknown. mpp_table: CSV/TSV with columns file,mpp (wins over all).
-    mpp: Optional[float] = None
-    mpp_table: str = ""
+    mpp: Optional[float] = None  # um/px of images whose name and TIFF tags give none (data/io/resolution.py)
+    mpp_table: str = ""  # CSV/TSV with columns file,mpp; wins over the name, the TIFF tags and data.mpp
     # Vesicle volumes.
     volume: str = "volume.h5"
     labels: str = "labels.h5"
@@ -120,9 +115,7 @@ class ModelConfig:
     overrides: list[str] = field(default_factory=list)
     mode: Literal["semantic", "prompted"] = "semantic"
     multimask: bool = True  # prompted mode: 3 masks per prompt (the best one is trained) or 1
-    # Microns per pixel the model works at: training tiles are resampled to it before cropping, and
-    # validate / predict resample each image to it and the probabilities back (null: no resampling).
-    target_mpp: Optional[float] = None
+    target_mpp: Optional[float] = None  # um/px the model works at; train, validate, predict resample to it
 
 
 @dataclass
@@ -170,9 +163,7 @@ class AugmentConfig:
     cutout: float = 0.0  # cutout probability
     cutout_holes: int = 3
     cutout_size: float = 0.1  # hole side as a fraction of the image side
-    # Relative resolution [low, high]: each training tile is shown as if scanned at mpp x s, s drawn
-    # log-uniformly (s > 1 coarser, smaller nuclei); [1, 1] = off. For data of mixed magnification.
-    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    scale_range: list[float] = field(default_factory=lambda: [1.0, 1.0])  # relative resolution s: zoom 1/s
 
 
 @dataclass
