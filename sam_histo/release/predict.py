@@ -309,7 +309,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     todo = [(f, o) for (f, _), o in zip(inputs, outputs) if not o.done(prob_ids)]
     predictor = None
     resolution = input_resolutions(inputs, args.mpp, release.config.model.target_mpp)
-    from sam_histo.data.resolution import scale_factor
+    from sam_histo.data.io.resolution import scale_factor
 
     target_mpp = release.config.model.target_mpp
     for f, o in tqdm(todo, desc="predict", unit="image"):
