@@ -64,6 +64,7 @@ def check_rules(cfg: Config) -> None:
                 + nearest(name, classes)
             )
     _check_data_rules(cfg)
+    _check_resolution(cfg)
     if cfg.sampling.oversample == "manual" and not cfg.sampling.rates:
         raise ConfigError("sampling.oversample=manual needs sampling.rates (class -> rate)")
     lo, hi = cfg.sampling.class_weights.clip
@@ -89,6 +90,17 @@ def check_rules(cfg: Config) -> None:
                           "augment.hed=0, augment.macenko=0, stain.method=none")
 
 
+def _check_resolution(cfg: Config) -> None:
+    for key, value in (("data.mpp", cfg.data.mpp), ("model.target_mpp", cfg.model.target_mpp)):
+        if value is not None and not 0.01 <= value <= 50:
+            raise ConfigError(f"{key}={value} must be microns per pixel in [0.01, 50] (40x is about 0.25, "
+                              "20x about 0.5), or null")
+    rng = cfg.augment.scale_range
+    if len(rng) != 2 or not 0 < rng[0] <= rng[1] or rng[1] / rng[0] > 16:
+        raise ConfigError(f"augment.scale_range={rng} must be [low, high] with 0 < low <= high <= 16 x low "
+                          "(relative resolution; [1, 1] = off)")
+
+
 def _check_data_rules(cfg: Config) -> None:
     d = cfg.data
     kind = dataset_kind(d.dataset)
@@ -107,6 +119,15 @@ def _check_data_rules(cfg: Config) -> None:
     both = set(d.val_sites) & set(d.test_sites)
     if both:
         raise ConfigError(f"data.val_sites and data.test_sites share {sorted(both)}: a site goes to one split")
+    if d.decode_cache_mb < 0:
+        raise ConfigError(f"data.decode_cache_mb={d.decode_cache_mb} must be >= 0 (megabytes per process)")
+    if d.group_regex:
+        import re
+
+        try:
+            re.compile(d.group_regex)
+        except re.error as e:
+            raise ConfigError(f"data.group_regex={d.group_regex!r} is not a regular expression ({e})") from None
     if cfg.sampling.iter_per_epoch is not None and cfg.sampling.iter_per_epoch < 1:
         raise ConfigError("sampling.iter_per_epoch must be a positive number of samples (or null)")
     if cfg.sampling.max_rate < 1:

@@ -37,12 +37,13 @@ class EvalSetup:
     prompts: PromptConfig  # validation's: every object up to eval.max_objects, no background clicks
     stain: StainConfig
     unassigned: str  # zeroshot.unassigned
+    target_mpp: Optional[float] = None  # model.target_mpp: semantic mode predicts at it, scores on the tile grid
 
     @classmethod
     def of(cls, cfg: Config) -> "EvalSetup":
         prompts = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
         return cls(cfg.model.mode, cfg.model.image_size, modality(cfg.data.dataset), cfg.eval, prompts, cfg.stain,
-                   cfg.zeroshot.unassigned)
+                   cfg.zeroshot.unassigned, cfg.model.target_mpp)
 
 
 class SplitPredictor:
@@ -50,6 +51,7 @@ class SplitPredictor:
 
     ``__call__(index) -> (sample, pred, probs)``: the eval-transformed sample (stain normalisation only),
     its predicted class map (H, W) int64 and, in semantic mode, probabilities (C, H, W) (else None).
+    Semantic mode with model.target_mpp predicts at that resolution and scores on the tile's own grid.
     """
 
     def __init__(self, model, adapter, setup: EvalSetup):
@@ -72,7 +74,8 @@ class SplitPredictor:
         sample, ev = self.load(index), self.setup.eval
         if self.setup.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
-                                   ev.window_overlap, ev.batch_size)
+                                   ev.window_overlap, ev.batch_size, mpp=sample.mpp,
+                                   target_mpp=self.setup.target_mpp)
             return sample, probs.argmax(0).astype(np.int64), probs
         prompts = make_prompts(sample.mask, self.classes, self.setup.prompts, prompt_rng(ev.prompt_seed, index),
                                instances=sample.instances)
@@ -184,11 +187,11 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
 
 
 def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
-                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True) -> dict:
+                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True, adapter=None) -> dict:
     """The final evaluation of a split: ``validate`` (2-D, per class), or for vesicle volumes with
     ``eval.instances`` the 3-D instance evaluation, run on the main process and shared with the others."""
     if not (dataset_kind(cfg.data.dataset).volume and cfg.eval.instances):
-        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress)
+        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress, adapter)
     if accelerator is None or accelerator.num_processes == 1:
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
     from accelerate.utils import broadcast_object_list
@@ -209,16 +212,18 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
 
 
 def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Optional[str] = None,
-                    accelerator=None, progress: bool = True, required: bool = False) -> tuple[dict, list]:
+                    accelerator=None, progress: bool = True, required: bool = False,
+                    adapters: Optional[dict] = None) -> tuple[dict, list]:
     """The one "evaluate these splits" helper (the trainer's final report, a release's metrics, `validate`):
     ``({split: metrics JSON}, [splits without samples])``; ``out_dirs[split]`` also gets the report. An
     empty split (:class:`MissingSplitError`) is skipped unless ``required``; every other error propagates,
-    so a bug or a bad tile fails the command instead of reading as "no such split"."""
+    so a bug or a bad tile fails the command instead of reading as "no such split". ``adapters[split]``: a
+    split's adapter when the caller has it (the Python API's datasets)."""
     results, missing = {}, []
     for split in splits:
         try:
             results[split] = validate_split(model, cfg, split, (out_dirs or {}).get(split), checkpoint,
-                                            accelerator, progress)
+                                            accelerator, progress, (adapters or {}).get(split))
         except MissingSplitError:
             if required:
                 raise

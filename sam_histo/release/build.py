@@ -296,7 +296,7 @@ def write_bundle(run: Path, tmp: Path, checkpoint: str, recompute: bool) -> dict
         "name": cfg.name,
         "released_checkpoint": {"label": label, "source_file": str(weights), "sha256": sha256_file(weights)},
         "model": {"arch": cfg.model.arch, "canonical_arch": model.arch, "image_size": cfg.model.image_size,
-                  "mode": cfg.model.mode, "num_classes": model.num_classes,
+                  "target_mpp": cfg.model.target_mpp, "mode": cfg.model.mode, "num_classes": model.num_classes,
                   "parameters": sum(p.numel() for p in model.parameters()), "sam2_build": sam2_build_info(cfg.model)},
         "base_checkpoint": base_checkpoint_info(cfg.model),
         "lora_merged": lora,
@@ -350,7 +350,7 @@ def make_release(run: str | Path, out: str | Path, checkpoint: str = "best", for
     tmp.mkdir()
     try:
         write_bundle(run, tmp, checkpoint, recompute)
-        for path in tmp.rglob("*"):  # temporary-file writers create 0600 files; a bundle is for sharing
+        for path in tmp.rglob("*"):  # a bundle is for sharing: world-readable whatever the umask
             path.chmod(0o755 if path.is_dir() else 0o644)
         digest = B.write_sums(tmp)
         outcome = _install(tmp, out, force)

@@ -26,11 +26,9 @@ def val_metrics(run, label: str, out_dir: Optional[Path] = None) -> Optional[dic
     from sam_histo.eval.validator import epoch_metrics
 
     acc = run.accelerator
-    if run.val_data is None:  # index the split once, not every epoch
-        from sam_histo.data.dataset import build_dataset
-
-        run.val_data = build_dataset(run.cfg.data, "val")
     try:
+        if run.val_data is None:  # index the split once, not every epoch
+            run.val_data = run.split_data("val")
         return epoch_metrics(run.model, run.cfg, run.val_data, label, acc, acc.is_local_main_process, out_dir=out_dir)
     except MissingSplitError as e:  # no validation split; all else fails
         acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
@@ -111,7 +109,7 @@ def compare_with_start(run, finals: dict, wise: Optional[dict]) -> Optional[dict
     if "test" in finals:
         ck.load_model_weights(run.model, start_dir)
         starts["test"] = validate(run.model, cfg, "test", checkpoint=START_LABEL, accelerator=acc,
-                                  progress=acc.is_local_main_process)
+                                  progress=acc.is_local_main_process, adapter=run.split_data("test"))
         ck.load_model_weights(run.model, best_dir)
     metric = cfg.train.early_stop.metric
     alpha = (wise or {}).get("chosen")

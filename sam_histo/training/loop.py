@@ -63,6 +63,17 @@ class Run:
     optimizer: Optional[torch.optim.Optimizer] = None
     phase: int = -1
     val_data: object = None  # the validation split's adapter, built at the first validation
+    datasets: Optional[dict] = None  # given adapters per split (the Python API), else built from cfg.data
+
+    def split_data(self, split: str):
+        """The adapter of ``split``; MissingSplitError when the caller's datasets have none (nothing to evaluate)."""
+        if self.datasets is None:
+            from sam_histo.data.dataset import build_dataset
+
+            return build_dataset(self.cfg.data, split)
+        if self.datasets.get(split) is None:
+            raise MissingSplitError(f"no {split} dataset was given")
+        return self.datasets[split]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -100,8 +111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if result.get("status") in ("finished", "early_stopped", "preempted") else 1
 
 
-def train(cfg: Config, accelerator=None) -> dict:
-    """Run (or resume) the configured training; returns {"status", "run_dir", "best", ...}."""
+def train(cfg: Config, accelerator=None, datasets: Optional[dict] = None) -> dict:
+    """Run (or resume) the configured training; returns {"status", "run_dir", "best", ...}.
+
+    ``datasets``: {"train": adapter, "val": ..., "test": ...} to use instead of building the splits from
+    ``cfg.data`` (``sam_histo.train`` passes the user's own Datasets); a split left out is not evaluated."""
     accelerator = accelerator or make_accelerator(cfg)
     from accelerate.utils import set_seed
 
@@ -109,14 +123,15 @@ def train(cfg: Config, accelerator=None) -> dict:
     model = preflight(cfg)  # every check before the run folder is touched
     run_dir = prepare_run_dir(cfg, accelerator)
     progress = accelerator.is_local_main_process
-    data = build_data(cfg, run_dir, accelerator.process_index, accelerator.num_processes, progress)
+    data = build_data(cfg, run_dir, accelerator.process_index, accelerator.num_processes, progress,
+                      None if datasets is None else datasets["train"])
     accelerator.print(f"class weights (train split, {len(data.train)} tiles):\n"
                       f"{describe_weights(data.classes, data.class_weights, data.stats)}")
     model = model.to(accelerator.device)
     state, ckpt = resume_state(cfg, run_dir)
     run = Run(cfg, accelerator, run_dir, data, model, state, JsonlLog(run_dir / "metrics.jsonl",
               accelerator.is_main_process, resumed_at=state.step if ckpt else None),
-              Preemption(cfg.train.preempt_signals))
+              Preemption(cfg.train.preempt_signals), datasets=datasets)
     run.enter_phase(state.epoch)
     if ckpt is not None:
         same_phase = state.optimizer_phase is None or state.optimizer_phase == run.phase
@@ -306,9 +321,10 @@ def finish(run: Run, status: str) -> dict:
     if wise is not None:
         label += f" WiSE-FT alpha {wise['chosen']:g}"
         result["wise_alpha"] = wise["chosen"]
-    splits = ("val", "test")
+    splits = ("val", "test") if run.datasets is None else [s for s in ("val", "test") if run.datasets.get(s)]
     finals, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
-                                checkpoint=label, accelerator=acc, progress=acc.is_local_main_process)
+                                checkpoint=label, accelerator=acc, progress=acc.is_local_main_process,
+                                adapters=run.datasets)
     for split, metrics in finals.items():
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
@@ -317,9 +333,8 @@ def finish(run: Run, status: str) -> dict:
         result["start_comparison"] = comparison
     if cfg.clip.train_head and acc.is_main_process:
         from sam_histo.zeroshot.train_head import train_clip_head
-        from sam_histo.data.dataset import build_dataset
 
-        result["clip"] = train_clip_head(cfg, run.run_dir, run.data.train, build_dataset(cfg.data, "val"))
+        result["clip"] = train_clip_head(cfg, run.run_dir, run.data.train, run.split_data("val"))
     run.jsonl.write({"event": "end", **{k: v for k, v in result.items() if k not in ("val", "test")}})
     acc.end_training()
     return result
