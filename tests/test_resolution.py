@@ -259,13 +259,13 @@ def test_predict_release_with_target_mpp_writes_outputs_of_the_input_size(tiny_r
 
 def test_validate_predicts_at_the_target_and_scores_on_the_tile_grid(bcss_root):
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.eval.validator import SplitPredictor
+    from sam_histo.eval.validator import EvalSetup, SplitPredictor
     from sam_histo.models.sam import build_sam
 
     cfg = load_config("demo", [f"data.root={bcss_root}", "data.tile_size=96", "data.tile_stride=96",
                                "model.image_size=64", "model.arch=tiny", "model.target_mpp=0.5"])
     adapter = build_dataset(cfg.data, "all")
     net = build_sam(cfg.model, adapter.classes.num_classes).eval()
-    sample, pred, probs = SplitPredictor(net, adapter, cfg)(0)
+    sample, pred, probs = SplitPredictor(net, adapter, EvalSetup.of(cfg))(0)
     assert sample.mpp == 0.25 and sample.mask.shape == (96, 96)
     assert pred.shape == (96, 96) and probs.shape == (adapter.classes.num_classes, 96, 96)

@@ -161,7 +161,7 @@ def test_eval_line_and_bad_subcommand(stubs):
 # ------------------------------------------------------------------ two real CPU processes
 @pytest.fixture(scope="module")
 def tiny_bcss(tmp_path_factory):
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     return write_bcss(tmp_path_factory.mktemp("bcss_slurm"), n=4, seed=0, size=128)
 

@@ -43,7 +43,7 @@ def add_arguments(parser) -> None:
 
 def synthetic_root(root: Path, sizes: list[int]) -> Path:
     """One synthetic BCSS ROI per size, all in one BCSS layout under ``root``."""
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     for k, size in enumerate(sizes):
         part = write_bcss(root / f"part{k}", n=1, seed=k, size=size)
