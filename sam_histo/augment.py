@@ -5,7 +5,7 @@ image (H, W, 3) uint8 RGB (EM: grey repeated in 3 channels), mask and instances 
 Masks are warped with nearest-neighbour interpolation and come back int64, aligned with the image.
 
 Order: stain normalisation to the reference on the whole tile (so the estimate sees all of it) ->
-random crop to ``image_size`` (padding first when smaller) -> geometric -> stain augmentation (on
+random zoom (``augment.scale_range``, relative resolution) -> random crop to ``image_size`` (padding first when smaller) -> geometric -> stain augmentation (on
 the crop: cheaper, and padding is white so it does not count as stain) -> photometric. EM data gets
 no stain operation at all; asking for one raises ConfigError.
 
@@ -85,6 +85,16 @@ def _geometric(aug: AugmentConfig, fill: float, mask_fill: int) -> list:
     return ops
 
 
+def _rescale(aug: AugmentConfig) -> list:
+    """``augment.scale_range`` [low, high] of relative resolution s: the tile is zoomed by 1 / s, drawn
+    uniformly from [1 / high, 1 / low] (area averaging when shrinking, nearest for masks) before the crop."""
+    lo, hi = aug.scale_range
+    if lo == hi == 1.0:
+        return []
+    return [A.RandomScale(scale_limit=(1.0 / hi - 1.0, 1.0 / lo - 1.0), interpolation=_LINEAR,
+                          mask_interpolation=_NEAREST, area_for_downscale="image", p=1.0)]
+
+
 def _stain_augment(aug: AugmentConfig, stain: StainConfig, counter: FallbackCounter) -> list:
     ops: list = []
     if aug.hed > 0:
@@ -127,6 +137,7 @@ def build_train_transform(aug: AugmentConfig, stain: StainConfig, image_size: in
     counter = counter if counter is not None else FallbackCounter()
     fill = 255.0 if modality == "he" else 0.0
     ops = _normalise(stain, counter) if modality == "he" else []
+    ops += _rescale(aug)
     ops.append(A.RandomCrop(image_size, image_size, pad_if_needed=True, pad_position="random",
                             border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=mask_fill))
     ops += _geometric(aug, fill, mask_fill)

@@ -11,7 +11,7 @@ import sys
 # subcommand -> (module, one-line help). Each module exposes main(argv: list[str]) -> int | None.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sam_histo.demo", "the whole job on synthetic data with small random-init models"),
-    "synth": ("sam_histo.data.synthetic", "write synthetic data in the real on-disk layouts"),
+    "synth": ("sam_histo.data.synth.layouts", "write synthetic data in the real on-disk layouts"),
     "stats": ("sam_histo.data.sampling", "class frequencies, class weights and oversampling rates"),
     "train": ("sam_histo.training.loop", "fine-tune SAM2 (same as accelerate launch sam_histo/train.py)"),
     "validate": ("sam_histo.eval.validator", "per-class metrics of a checkpoint on a split"),

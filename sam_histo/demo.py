@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from sam_histo.config.argv import add_overrides_help, parse_with_overrides
     from sam_histo.data.dataset import build_dataset
     from sam_histo.data.sampling import compute_stats, format_table, report
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
     from sam_histo.training.loop import train
 
     ap = argparse.ArgumentParser(prog="sam-histo demo", description=first_paragraph(__doc__))
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def release_and_predict(out: Path, seed: int) -> None:
     """Release the run's best checkpoint and predict one held-out synthetic ROI (a seed the training data
     never used), larger than the model input, with probabilities and the tumour heatmap."""
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
     from sam_histo.release.predict import main as predict
     from sam_histo.release.build import make_release
 

@@ -16,3 +16,16 @@ if __name__ == "__main__":
     from sam_histo.training.loop import main
 
     raise SystemExit(main(argv))
+
+if __name__ == "sam_histo.train":
+    # Imported as a module, this file would replace the API function sam_histo.train (a package attribute of
+    # the same name) with itself: keep the name callable as that function.
+    import types
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            from sam_histo.api import train
+
+            return train(*args, **kwargs)
+
+    sys.modules[__name__].__class__ = _CallableModule

@@ -29,7 +29,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def bcss_root(tmp_path_factory):
     """Six 256 px BCSS ROIs over three slides / three TCGA sites (written once per test session)."""
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     return write_bcss(tmp_path_factory.mktemp("bcss"), n=6, seed=0, size=256)
 
@@ -37,7 +37,7 @@ def bcss_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lgg_root(tmp_path_factory):
     """Three full LGG images with masks and three crops (CT, LE, IT) without."""
-    from sam_histo.data.synthetic import write_lgg
+    from sam_histo.data.synth.layouts import write_lgg
 
     return write_lgg(tmp_path_factory.mktemp("lgg"), n=6, seed=0, size=128)
 
@@ -45,7 +45,7 @@ def lgg_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def vesicle_root(tmp_path_factory):
     """One 12 x 64 x 64 EM volume with 8 vesicles, HDF5 and TIFF copies."""
-    from sam_histo.data.synthetic import write_vesicle
+    from sam_histo.data.synth.layouts import write_vesicle
 
     root = tmp_path_factory.mktemp("vesicle")
     write_vesicle(root, n=8, seed=0, size=64, depth=12, fmt="h5")
@@ -81,7 +81,7 @@ def tiny_run(tmp_path_factory):
     import torch
 
     from sam_histo.config import load_config
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
     from sam_histo.training.loop import train
 
     root = tmp_path_factory.mktemp("tiny_run")

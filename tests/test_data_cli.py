@@ -52,7 +52,15 @@ def test_demo_trains_two_phases_and_writes_the_report(tmp_path, capsys):
     assert np.asarray(stats["counts"]).shape[1] == 7  # outside_roi + the 6 trained classes
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {e["phase"] for e in events if e["event"] == "train"} == {0, 1}  # both unfreeze phases ran
-    assert [e["epoch"] for e in events if e["event"] == "val"] == list(range(12))
+    vals = [e for e in events if e["event"] == "val"]
+    assert [e["epoch"] for e in vals] == ["start", *range(12)]  # the random-init start is measured first
+    report_text = (run / "eval" / "val" / "report.md").read_text()
+    assert report_text.startswith("fine-tuning beat the starting weights on val")  # random init is beaten
+    start_row = next(line for line in report_text.splitlines() if line.startswith("| **macro Dice** |"))
+    start, best, diff = (float(x) for x in start_row.strip("|").split("|")[1:4])
+    assert best > start and diff == pytest.approx(best - start, abs=2e-3) and start == pytest.approx(
+        vals[0]["macro"]["dice"], abs=1e-3)
+    assert "## WiSE-FT" in report_text and "(kept)" in report_text
     report = run / "eval" / "val"
     for name in ("report.md", "metrics.json", "confusion_matrix.png", "per_class.png"):
         assert (report / name).is_file(), name

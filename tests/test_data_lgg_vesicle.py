@@ -12,7 +12,7 @@ from skimage.measure import label
 from sam_histo.config import TissueConfig, load_config
 from sam_histo.data.dataset import build_dataset
 from sam_histo.data.types import DataError
-from sam_histo.data.synthetic import render_lgg_crop, write_lgg
+from sam_histo.data.synth.layouts import render_lgg_crop, write_lgg
 from sam_histo.stain.tissue import tissue_mask
 
 

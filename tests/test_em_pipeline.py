@@ -10,7 +10,7 @@ from em_fakes import OracleModel
 from skimage.metrics import adapted_rand_error
 
 from sam_histo.config import ConfigError, DataConfig, EmConfig, EmSweepConfig, ModelConfig, load_config
-from sam_histo.data.synthetic import write_vesicle
+from sam_histo.data.synth.layouts import write_vesicle
 from sam_histo.data.vesicle import Vesicle
 from sam_histo.em.decode import Candidates, DecodeParams, decode
 from sam_histo.em.infer import VIEWS, Bounds, _cut, bounds, point_grid

@@ -1,4 +1,5 @@
 """`sam-histo release` and `sam_histo.load_release`: the bundle's files, its hashes, and what loads from it."""
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -49,7 +50,7 @@ def test_bundle_files_hashes_and_provenance(bundle, tiny_run):
     assert lines == [f"{_sha(bundle / n)}  {n}" for n in sorted(FILES) if n != "SHA256SUMS"]
     info = json.loads((bundle / "config.json").read_text())
     cfg = load_config(tiny_run / "config.yaml")
-    assert info["config"]["model"] == json.loads(json.dumps(cfg.model.__dict__))
+    assert info["config"]["model"] == json.loads(json.dumps(dataclasses.asdict(cfg.model)))
     assert info["versions"]["torch"] == torch.__version__ and info["versions"]["sam_histo"] == sam_histo.__version__
     assert info["base_checkpoint"] == {"name": None, "sha256": None,
                                        "reason": "random initialisation (model.checkpoint was null)"}

@@ -161,7 +161,7 @@ def test_eval_line_and_bad_subcommand(stubs):
 # ------------------------------------------------------------------ two real CPU processes
 @pytest.fixture(scope="module")
 def tiny_bcss(tmp_path_factory):
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     return write_bcss(tmp_path_factory.mktemp("bcss_slurm"), n=4, seed=0, size=128)
 
@@ -199,7 +199,8 @@ def test_one_node_two_cpu_processes_preempted_requeued_and_resumed(tmp_path, tin
     assert ckpt.name == f"step_{state['step']:08d}"
     assert 0 < state["step"] < steps_per_epoch * epochs and state["consumed"] > 0  # mid-epoch
     assert sorted(p.name for p in ckpt.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
-    assert not (run_dir / "eval").exists()  # the preempted job did not run the final evaluation
+    assert not (run_dir / "eval" / "val").exists()  # the preempted job did not run the final evaluation
+    assert (run_dir / "eval" / "start" / "metrics.json").is_file()  # (only the start's, before step 1)
 
     env.update(SLURM_RESTART_COUNT="1", MASTER_PORT=str(_free_port()))
     second = subprocess.run(["bash", str(ONE_NODE), *args], env=env, capture_output=True, text=True, timeout=180)

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_bcss(tmp_path_factory):
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     return write_bcss(tmp_path_factory.mktemp("bcss_ddp"), n=4, seed=0, size=128)
 

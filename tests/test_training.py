@@ -50,7 +50,7 @@ def score_train_split(cfg, result):
 
 
 def test_semantic_mode_overfits_a_synthetic_tile_through_main(tmp_path):
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
 
     root = write_bcss(tmp_path / "data", n=1, seed=0, size=SIZE)
     cfg_args = overrides(root, tmp_path / "runs", "sem", 8, 30)

@@ -49,7 +49,7 @@ def build_release(root: Path, image_size: int) -> Path:
     import torch
 
     from sam_histo.config import load_config
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
     from sam_histo.release.build import make_release
     from sam_histo.training.loop import train
 
@@ -71,7 +71,7 @@ def build_release(root: Path, image_size: int) -> Path:
 def synthetic_tile(path: Path, size: int, seed: int = 0) -> Path:
     """An H&E-like PNG of ``size`` x ``size``: one rendered 256 px BCSS ROI repeated (cheap at 8 k)."""
 
-    from sam_histo.data.synthetic import _stain_strength, render_bcss_tile
+    from sam_histo.data.synth.layouts import _stain_strength, render_bcss_tile
 
     rng = np.random.default_rng(seed)
     rgb, _ = render_bcss_tile(rng, min(size, 256), False, _stain_strength(rng))

@@ -87,7 +87,7 @@ def run(args) -> dict:
     from dataclasses import replace
 
     from sam_histo.config import PhaseConfig
-    from sam_histo.data.synthetic import write_bcss
+    from sam_histo.data.synth.layouts import write_bcss
     from sam_histo.models.stages import set_trainable
     from sam_histo.training.loop import Run
     from sam_histo.training.runtime import Preemption, TrainState, make_accelerator

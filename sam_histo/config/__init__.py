@@ -25,6 +25,7 @@ from sam_histo.config.schema import (
     EmSweepConfig,
     EvalConfig,
     HeatmapConfig,
+    LoraConfig,
     LossConfig,
     ModelConfig,
     PhaseConfig,
@@ -38,7 +39,7 @@ from sam_histo.config.schema import (
 
 __all__ = [
     "PROJECT_ROOT", "nearest", "AugmentConfig", "ClassWeightConfig", "ClipConfig", "Config", "ConfigError", "DataConfig",
-    "EarlyStopConfig", "EmConfig", "EmSweepConfig", "EvalConfig", "HeatmapConfig", "LossConfig", "ModelConfig", "PhaseConfig", "PromptConfig",
+    "EarlyStopConfig", "EmConfig", "EmSweepConfig", "EvalConfig", "HeatmapConfig", "LoraConfig", "LossConfig", "ModelConfig", "PhaseConfig", "PromptConfig",
     "SamplingConfig", "StainConfig", "TissueConfig", "TrainConfig", "ZeroShotConfig", "config_from_dict", "load_config",
     "parse_override", "resolve_config_path", "save_config", "to_dict",
 ]

@@ -39,6 +39,12 @@ KINDS: dict[str, DatasetKind] = {k.name: k for k in (
                 description="BCSS ROIs: images/ + masks/ (region codes) + gtruth_codes.tsv"),
     DatasetKind("lgg", "sam_histo.data.lgg:LGG", "he", ("random",), ("background", "CT", "LE", "IT"),
                 description="LGG glioma: images/ + masks/ (0-3) and unmasked crops"),
+    DatasetKind("folder", "sam_histo.data.folder:Folder", "he", ("random", "files"),
+                description="your own images/ + masks/ (label maps) matched by stem, any image format"),
+    DatasetKind("coco", "sam_histo.data.io.coco:Coco", "he", ("random", "files"),
+                description="a COCO instances JSON (polygons, RLE) + images/; categories mapped by name"),
+    DatasetKind("dataset", "sam_histo.data.dataset:SampleDataset", "he", ("random",),
+                description="your own torch Dataset of Sample, given to sam_histo.train / sam_histo.evaluate"),
     DatasetKind("vesicle", "sam_histo.data.vesicle:Vesicle", "em", ("z",), ("background", "vesicle"),
                 volume=True, description="EM vesicle volume + instance labels (HDF5 or TIFF)"),
 )}

@@ -15,11 +15,13 @@ from typing import Any, Literal, Union
 import yaml
 
 from sam_histo.config.errors import ConfigError, nearest
+from sam_histo.config.resources import PROJECT_ROOT, resource_dir
 from sam_histo.config.rules import check_rules
 from sam_histo.config.schema import Config
 
 _SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+__all__ = ["PROJECT_ROOT", "config_from_dict", "load_config", "parse_override", "resolve_config_path",
+           "save_config", "to_dict"]
 
 
 def _type_name(tp) -> str:
@@ -129,15 +131,22 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config path as given, else relative to the project's ``configs/`` folder. Only files count: a bare
-    name such as ``demo`` must not resolve to a ``demo/`` folder in the working directory."""
-    p = Path(path)
+    """A config file: ``path`` when it is a file, else a name in the project's configs (packaged with the
+    wheel, or the checkout's ``configs/``): ``bcss``, ``bcss.yaml`` and ``configs/bcss.yaml`` all name
+    configs/bcss.yaml from any working directory. A folder is never read as a config."""
+    p = Path(path).expanduser()
     if p.is_file():
         return p
-    for candidate in (PROJECT_ROOT / "configs" / p, PROJECT_ROOT / "configs" / f"{p}.yaml"):
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config file {str(path)!r} not found (looked here and in {PROJECT_ROOT / 'configs'})")
+    folder = resource_dir("configs")
+    name = Path(*p.parts[1:]) if len(p.parts) > 1 and p.parts[0] == "configs" else p
+    if not p.is_absolute():
+        for candidate in (folder / name, folder / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    known = sorted(c.stem for c in folder.glob("*.yaml"))
+    what = "is a folder, not a YAML file" if p.is_dir() else "not found"
+    raise ConfigError(f"config file {str(path)!r} {what}; give a YAML file or one of the project's configs "
+                      f"{known} (in {folder})")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -9,6 +9,24 @@ from sam_histo.config.schema import LOSS_KEYS, ClipConfig, Config, EmConfig, Hea
 
 # Test-time views of the EM pipeline (sam_histo.em.infer.VIEWS); the identity is always included.
 EM_VIEWS = ("hflip", "vflip", "rot90", "rot180", "rot270")
+# Prompt protocols of `sam-histo validate --protocols` (data/protocols.py); "+tta" may follow any of them.
+PROMPT_PROTOCOLS = ("centroid", "points5", "box", "box+neg")
+# LoRA target groups (models/lora.py): Hiera attention qkv/proj, Hiera MLP, mask-decoder transformer.
+LORA_TARGETS = ("encoder_attn", "encoder_mlp", "decoder")
+
+
+def parse_protocols(names, key: str = "eval.protocols") -> list[tuple[str, bool]]:
+    """["box", "box+neg+tta", ...] -> [(base protocol, with test-time augmentation), ...]; unknown names raise
+    ConfigError naming ``key`` and the valid ones."""
+    out = []
+    for name in names:
+        name = str(name).strip()
+        base, tta = (name[:-4], True) if name.endswith("+tta") else (name, False)
+        if base not in PROMPT_PROTOCOLS:
+            raise ConfigError(f"{key}: {name!r} is not a prompt protocol; use {', '.join(PROMPT_PROTOCOLS)}, each "
+                              "optionally with +tta (e.g. box+neg+tta)" + nearest(base, PROMPT_PROTOCOLS))
+        out.append((base, tta))
+    return out
 
 
 def check_rules(cfg: Config) -> None:
@@ -20,6 +38,8 @@ def check_rules(cfg: Config) -> None:
         raise ConfigError(
             f"data.tile_stride={cfg.data.tile_stride} must be in 1..data.tile_size={cfg.data.tile_size}"
         )
+    parse_protocols(cfg.eval.protocols)
+    _check_lora(cfg.model.lora, [p.stages for p in cfg.train.phases])
     if not 0 <= cfg.data.val_fraction + cfg.data.test_fraction < 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
     phases = cfg.train.phases
@@ -44,6 +64,7 @@ def check_rules(cfg: Config) -> None:
                 + nearest(name, classes)
             )
     _check_data_rules(cfg)
+    _check_resolution(cfg)
     if cfg.sampling.oversample == "manual" and not cfg.sampling.rates:
         raise ConfigError("sampling.oversample=manual needs sampling.rates (class -> rate)")
     lo, hi = cfg.sampling.class_weights.clip
@@ -69,6 +90,17 @@ def check_rules(cfg: Config) -> None:
                           "augment.hed=0, augment.macenko=0, stain.method=none")
 
 
+def _check_resolution(cfg: Config) -> None:
+    for key, value in (("data.mpp", cfg.data.mpp), ("model.target_mpp", cfg.model.target_mpp)):
+        if value is not None and not 0.01 <= value <= 50:
+            raise ConfigError(f"{key}={value} must be microns per pixel in [0.01, 50] (40x is about 0.25, "
+                              "20x about 0.5), or null")
+    rng = cfg.augment.scale_range
+    if len(rng) != 2 or not 0 < rng[0] <= rng[1] or rng[1] / rng[0] > 16:
+        raise ConfigError(f"augment.scale_range={rng} must be [low, high] with 0 < low <= high <= 16 x low "
+                          "(relative resolution; [1, 1] = off)")
+
+
 def _check_data_rules(cfg: Config) -> None:
     d = cfg.data
     kind = dataset_kind(d.dataset)
@@ -87,6 +119,15 @@ def _check_data_rules(cfg: Config) -> None:
     both = set(d.val_sites) & set(d.test_sites)
     if both:
         raise ConfigError(f"data.val_sites and data.test_sites share {sorted(both)}: a site goes to one split")
+    if d.decode_cache_mb < 0:
+        raise ConfigError(f"data.decode_cache_mb={d.decode_cache_mb} must be >= 0 (megabytes per process)")
+    if d.group_regex:
+        import re
+
+        try:
+            re.compile(d.group_regex)
+        except re.error as e:
+            raise ConfigError(f"data.group_regex={d.group_regex!r} is not a regular expression ({e})") from None
     if cfg.sampling.iter_per_epoch is not None and cfg.sampling.iter_per_epoch < 1:
         raise ConfigError("sampling.iter_per_epoch must be a positive number of samples (or null)")
     if cfg.sampling.max_rate < 1:
@@ -146,6 +187,20 @@ def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
 
 
 
+def _check_lora(lora, phase_stages) -> None:
+    if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
+        raise ConfigError(f"model.lora: need rank >= 0 (0 = off), alpha > 0 and 0 <= dropout < 1, got rank "
+                          f"{lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}")
+    for t in lora.targets:
+        if t not in LORA_TARGETS:
+            raise ConfigError(f"model.lora.targets: {t!r} is not one of {list(LORA_TARGETS)}" + nearest(t, LORA_TARGETS))
+    if lora.rank and not lora.targets:
+        raise ConfigError("model.lora.rank > 0 but model.lora.targets is empty: name the layers to adapt")
+    if not lora.rank and "lora" in phase_stages:
+        raise ConfigError("train.phases: stages 'lora' trains LoRA adapters, but model.lora.rank is 0 (no adapters); "
+                          "set model.lora.rank (e.g. 8) or name Hiera stages")
+
+
 def _check_train(t) -> None:
     import signal
 
@@ -162,6 +217,10 @@ def _check_train(t) -> None:
     for name in t.preempt_signals:
         if not isinstance(getattr(signal, name, None), signal.Signals):
             raise ConfigError(f"train.preempt_signals: {name!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+    bad = [a for a in t.wise_alphas if not 0.0 <= float(a) <= 1.0]
+    if bad:
+        raise ConfigError(f"train.wise_alphas {bad} out of range: each alpha mixes (1 - a) * start + a * best, "
+                          "so use values in [0, 1] (e.g. [0, 0.25, 0.5, 0.75, 1]; [] turns WiSE-FT off)")
     unknown = set(t.loss.weights) - set(LOSS_KEYS)
     if unknown:
         raise ConfigError(f"train.loss.weights has unknown key(s) {sorted(unknown)}; the keys are {list(LOSS_KEYS)}"

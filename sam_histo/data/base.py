@@ -34,7 +34,33 @@ class Adapter(Sequence):
             return [self[j] for j in range(*i.indices(len(self)))]
         if not -len(self) <= i < len(self):
             raise IndexError(f"sample {i} out of range for {len(self)} samples")
-        return self._load(i % len(self))
+        i %= len(self)
+        sample = self._load(i)
+        if "mpp" not in sample.meta:
+            sample.meta["mpp"], sample.meta["mpp_source"] = self._mpp_of(sample.meta.get("source", ""))
+        return sample
+
+    def mpp(self, i: int) -> tuple[Optional[float], str]:
+        """(microns per pixel or None, where it came from) of sample ``i``: data.mpp_table, the file name,
+        TIFF tags, data.mpp, else unknown (``data.io.resolution.resolve_mpp``)."""
+        return self._mpp_of(self.meta(i)["source"])
+
+    def _mpp_of(self, source) -> tuple[Optional[float], str]:
+        from sam_histo.data.io.resolution import data_mpp, resolve_mpp
+
+        if getattr(self, "_mpp_conf", None) is None:
+            self._mpp_conf = data_mpp(getattr(self, "cfg", None))
+        return resolve_mpp(source, *self._mpp_conf)
+
+    def resolutions(self) -> dict:
+        """{"sources": tiles per mpp source, "mpp": tiles per mpp value (None = unknown)} without pixels."""
+        sources: dict[str, int] = {}
+        values: dict = {}
+        for i in range(len(self)):
+            mpp, source = self.mpp(i)
+            sources[source] = sources.get(source, 0) + 1
+            values[mpp] = values.get(mpp, 0) + 1
+        return {"sources": sources, "mpp": values}
 
     def _load(self, i: int) -> Sample:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -179,9 +205,29 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in exts and not p.name.startswith("."))
 
 
+def read_only(folder: Path) -> bool:
+    """No write permission for this user, or no write bit for anyone (a folder marked read-only, which
+    root could still write into)."""
+    import os
+
+    return not os.access(folder, os.W_OK) or not folder.stat().st_mode & 0o222
+
+
 def cache_root(root: Path, cache_dir: str) -> Optional[Path]:
-    """The cache folder, created; None (with a warning) when it cannot be written."""
-    path = Path(cache_dir) if cache_dir else root / ".sam_histo_cache"
+    """The cache folder, created: ``data.cache_dir``, else ``<root>/.sam_histo_cache``, else, for a read-only
+    data root, ``$SAM_HISTO_CACHE/data/<hash of root>`` (default ~/.cache/sam_histo): a shared or read-only
+    data set is never written into. None (with a warning) when it cannot be written."""
+    import hashlib
+    import os
+
+    if cache_dir:
+        path = Path(cache_dir).expanduser()
+    elif read_only(root):
+        base = Path(os.environ.get("SAM_HISTO_CACHE") or "~/.cache/sam_histo").expanduser()
+        path = base / "data" / hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+        log.info("data.root %s is read-only: derived files go to %s (data.cache_dir to choose)", root, path)
+    else:
+        path = root / ".sam_histo_cache"
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write_test"

@@ -21,18 +21,17 @@ images), cached under ``data.cache_dir`` and reused while the masks are unchange
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from sam_histo.data.base import (Adapter, Problems, cache_root, check_decodes, check_root, check_split, guard,
-                                 image_size, list_images, log, read_codes, read_rgb)
+from sam_histo.data.base import cache_root, check_decodes, check_root, check_split, list_images, log, read_codes
+from sam_histo.data.io.decoded import DecodedCache
+from sam_histo.data.io.readers import image_shape
 from sam_histo.data.splits import split_by_slide
-from sam_histo.data.types import ClassSpec, DataError, Sample
-from sam_histo.files import write_json
+from sam_histo.data.io.tiling import TiledAdapter, build_index, tile_histograms, tile_origins  # noqa: F401
+from sam_histo.data.types import ClassSpec, DataError
 
 CODES_FILE = "gtruth_codes.tsv"
 # The 21 BCSS region codes plus 0, as in meta/gtruth_codes.tsv of github.com/PathologyDataScience/BCSS.
@@ -143,17 +142,7 @@ def code_lut(table: dict[str, int], classes: list[str], grouping: dict[str, list
     return lut
 
 
-def tile_origins(length: int, tile: int, stride: int) -> list[int]:
-    """Tile starts along one axis; the last tile ends at the border (one tile if the axis is short)."""
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
-
-
-class BCSS(Adapter):
+class BCSS(TiledAdapter):
     """Tiles of BCSS ROIs as Samples: image (T, T, 3) uint8, mask (T, T) int64 ids, 0 = outside_roi."""
 
     @classmethod
@@ -171,7 +160,10 @@ class BCSS(Adapter):
         self.tile, self.stride = cfg.tile_size, cfg.tile_stride
         self._table_key = sorted(self.table.items(), key=lambda kv: kv[1])
         self._table_key = [list(kv) for kv in self._table_key]
-        files = self._index()
+        cache = cache_root(self.root, cfg.cache_dir)
+        self.decoded = DecodedCache(cache, cfg.decode_cache, cfg.decode_cache_mb)
+        self._fill = (255, 0)  # ROIs smaller than a tile: white, outside_roi
+        files = self._index(cache)
         slides = split_by_slide([slide_of(f["name"]) for f in files], cfg.split, cfg.val_fraction,
                                 cfg.test_fraction, cfg.split_seed, cfg.val_sites, cfg.test_sites)
         self._items = []  # (file record, y, x, code histogram)
@@ -179,40 +171,22 @@ class BCSS(Adapter):
             where = slides[slide_of(f["name"])]
             if split in ("all", where):
                 self._items += [(f, y, x, np.asarray(h, np.int64), where) for y, x, h in f["tiles"]]
-        self._cache: dict = {}
 
     # ------------------------------------------------------------------------------------ index
-    def _index(self) -> list[dict]:
+    def _index(self, cache_dir) -> list[dict]:
         images_dir, masks_dir = self.root / "images", self.root / "masks"
         if not images_dir.is_dir() or not list_images(images_dir):
             raise DataError(f"{images_dir}: no images found; BCSS needs images/*.png and masks/*.png "
                             f"(same names) and {CODES_FILE} under data.root")
-        cache_dir = cache_root(self.root, self.cfg.cache_dir)
         cache_file = cache_dir / f"bcss_index_{self.tile}_{self.stride}.json" if cache_dir else None
-        cached = _read_json(cache_file)
-        problems = Problems(self.cfg.on_error, "BCSS index")
-        files, fresh = [], {}
-        for img in tqdm(list_images(images_dir), desc="BCSS index", leave=False):
-            rec = guard(problems, img, self._index_file, img, masks_dir / img.name, cached)
-            if rec is not None:
-                files.append(rec)
-                fresh[img.name] = rec
-        problems.finish()
-        if not files:
-            raise DataError(f"{self.root}: every BCSS image was skipped; see the warnings above")
-        if cache_file is not None and fresh != cached:
-            _write_json(cache_file, fresh)
-        return files
+        pairs = [(img, masks_dir / img.name) for img in list_images(images_dir)]
+        return build_index(pairs, cache_file, self._table_key, "BCSS index", self.cfg.on_error, self._index_file)
 
-    def _index_file(self, img: Path, mask: Path, cached: dict) -> dict:
+    def _index_file(self, img: Path, mask: Path) -> dict:
         if not mask.is_file():
             raise DataError(f"{img}: no mask {mask}; every BCSS image needs masks/<same name>")
-        stamp = [_stamp(img), _stamp(mask)]
-        old = cached.get(img.name)
-        if old and old.get("stamp") == stamp and old.get("table") == self._table_key and old.get("decoded"):
-            return old
-        h, w = image_size(img)
-        check_decodes(img)  # once per file version: the record below caches that it decoded
+        h, w = image_shape(img)
+        check_decodes(img)  # once per file version: the index caches the record only when it decoded
         codes = read_codes(mask)
         if codes.shape != (h, w):
             raise DataError(f"{img}: image is {w}x{h} but its mask {mask} is {codes.shape[1]}x{codes.shape[0]}; "
@@ -223,47 +197,23 @@ class BCSS(Adapter):
             raise DataError(f"{mask}: codes {unknown} are absent from {CODES_FILE} "
                             f"(known: {sorted(self.table.values())})")
         n = max(self.table.values()) + 1
-        tiles = []
-        for y in tile_origins(h, self.tile, self.stride):
-            for x in tile_origins(w, self.tile, self.stride):
-                hist = np.bincount(codes[y:y + self.tile, x:x + self.tile].ravel(), minlength=n)[:n]
-                if hist[1:].any():  # at least one in-ROI pixel
-                    tiles.append([y, x, hist.tolist()])
-        return {"name": img.name, "stamp": stamp, "shape": [h, w], "table": self._table_key, "tiles": tiles,
-                "decoded": True}
+        tiles = tile_histograms(codes, self.tile, self.stride, n, lambda hist: hist[1:].any())  # an in-ROI pixel
+        return {"shape": [h, w], "tiles": tiles, "decoded": True}  # cached only after check_decodes passed
 
     # ------------------------------------------------------------------------------------ access
-    def _file(self, kind: str, path: Path) -> np.ndarray:
-        """Decoded ROI, cached for the last two files: consecutive tiles of one ROI decode it once."""
-        key = (kind, str(path))
-        if key not in self._cache:
-            if len(self._cache) >= 4:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = read_rgb(path) if kind == "rgb" else read_codes(path)
-        return self._cache[key]
+    def _paths(self, rec: dict) -> tuple[Path, Path]:
+        return self.root / "images" / rec["name"], self.root / "masks" / rec["name"]
 
-    def _crop(self, arr: np.ndarray, y: int, x: int, fill: int) -> np.ndarray:
-        t = self.tile
-        out = arr[y:y + t, x:x + t]
-        if out.shape[:2] != (t, t):
-            pad = ((0, t - out.shape[0]), (0, t - out.shape[1])) + ((0, 0),) * (arr.ndim - 2)
-            out = np.pad(out, pad, constant_values=fill)
-        return out
+    def _read_codes(self, path: Path) -> np.ndarray:
+        return read_codes(path)
+
+    def _ids(self, codes: np.ndarray) -> np.ndarray:
+        return self.lut[codes]
 
     def meta(self, i: int) -> dict:
         f, y, x, _, where = self._items[i]
         return {"source": str(self.root / "images" / f["name"]), "mask": str(self.root / "masks" / f["name"]),
                 "slide": slide_of(f["name"]), "split": where, "y": y, "x": x, "tile": self.tile}
-
-    def label(self, i: int) -> np.ndarray:
-        f, y, x, _, _ = self._items[i]
-        codes = self._crop(self._file("codes", self.root / "masks" / f["name"]), y, x, 0)
-        return self.lut[codes]
-
-    def _load(self, i: int) -> Sample:
-        f, y, x, _, _ = self._items[i]
-        image = self._crop(self._file("rgb", self.root / "images" / f["name"]), y, x, 255)
-        return Sample(image=np.ascontiguousarray(image), mask=self.label(i), meta=self.meta(i))
 
     def class_counts(self, progress: bool = True) -> np.ndarray:
         """From the cached per-tile code histograms: no pixel is decoded."""
@@ -276,21 +226,3 @@ class BCSS(Adapter):
         parts = [f"{f['name']}:{f['stamp']}:{y}:{x}" for f, y, x, _, _ in self._items]
         parts += [f"lut:{self.lut.tolist()}", f"tile:{self.tile}:{self.stride}"]
         return hashlib.sha1("\n".join(parts).encode()).hexdigest()
-
-
-def _stamp(path: Path) -> list[int]:
-    st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
-
-
-def _read_json(path) -> dict:
-    if path is None or not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # a broken cache is rebuilt
-
-
-def _write_json(path: Path, obj) -> None:
-    write_json(path, obj)  # atomic: several processes may index at once

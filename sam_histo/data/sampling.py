@@ -193,9 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     stats = compute_stats(dataset, args.cache, progress=not args.json)
     rep = report(stats, cfg.sampling)
     rep.update({"dataset": cfg.data.dataset, "split": args.split, "root": cfg.data.root})
+    if getattr(dataset, "note", None):  # how mask values became classes (folder adapter)
+        rep["labels"] = dataset.note
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
         print(format_table(rep, f"{cfg.data.dataset} {args.split} split of {cfg.data.root}: "
                                 f"{rep['n_samples']} samples"))
+        if "labels" in rep:
+            print(rep["labels"])
     return 0

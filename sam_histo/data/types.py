@@ -81,6 +81,12 @@ class Sample:
     def source(self) -> str:
         return str(self.meta.get("source", "?"))
 
+    @property
+    def mpp(self) -> Optional[float]:
+        """Microns per pixel (meta["mpp"], set by the adapter; data/resolution.py), None when unknown."""
+        value = self.meta.get("mpp")
+        return None if value is None else float(value)
+
 
 @dataclass
 class Prompts:

@@ -12,7 +12,8 @@ followed by the grouping's classes.
 Files are matched by name without extension (``x.png`` in --gt with ``x.png`` or ``x.tif`` in --pred):
 single-channel PNG label maps, TIFF (pages = a volume) or HDF5 volumes (dataset --key), or .npy. Every
 ground-truth file needs a prediction and every prediction a ground truth; shapes must agree; ids must be in
-the class list. With --instances both sides are instance maps (0 = background, each other id one object):
+the class list, except that with two classes a ground truth holding exactly 0 and one other value (0/255
+binary masks) reads that value as class 1, as ``data.dataset=folder`` does. With --instances both sides are instance maps (0 = background, each other id one object):
 the semantic metrics are those of foreground versus background (two classes) and the instance metrics use
 the ids. Writes metrics.json, report.md and figures to --out.
 """
@@ -24,9 +25,9 @@ from typing import Optional
 
 import numpy as np
 
+from sam_histo.data.io.readers import LABEL_SUFFIXES as SUFFIXES, read_labels
 from sam_histo.data.types import ClassSpec, DataError
 
-SUFFIXES = (".png", ".tif", ".tiff", ".h5", ".hdf5", ".hdf", ".npy")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
@@ -78,41 +79,8 @@ def bcss_gt_lut(codes: Path, grouping: str, ignore_codes: str, classes: Optional
 
 
 def load_labels(path: Path, key: str = "main") -> np.ndarray:
-    """A label map or volume as an integer array; DataError naming the file on anything else."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".png":
-            from PIL import Image
-
-            with Image.open(path) as im:
-                if im.mode in ("RGB", "RGBA", "LA", "CMYK"):
-                    raise DataError(f"{path}: a colour image (mode {im.mode}); save label maps as single-channel PNGs of "
-                                    "class ids (mode L, P or I;16)")
-                arr = np.array(im)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = tifffile.imread(path)
-        elif suffix in (".h5", ".hdf5", ".hdf"):
-            import h5py
-
-            with h5py.File(path, "r") as f:
-                if key not in f:
-                    raise DataError(f"{path}: no dataset {key!r} (it has {sorted(f.keys())}); pass --key")
-                arr = f[key][()]
-        elif suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-        else:
-            raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    except DataError:
-        raise
-    except Exception as e:  # unreadable or corrupt file
-        raise DataError(f"{path}: cannot read it as a label map ({e})") from None
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8)
-    if arr.dtype.kind not in "iu":
-        raise DataError(f"{path}: holds {arr.dtype} values; label maps must hold integer ids")
-    return arr
+    """A label map or volume as an integer array (data.readers.read_labels; colour PNGs are refused)."""
+    return read_labels(path, key, grey_rgb=False)
 
 
 def _index(folder: Path, what: str) -> dict[str, Path]:
@@ -151,13 +119,31 @@ def _check_ids(arr: np.ndarray, path: Path, classes: ClassSpec) -> None:
                         f"classes, ids 0..{classes.num_classes - 1} ({', '.join(classes.names)})")
 
 
-def _load_pair(name: str, pp: Path, gp: Path, key: str, classes: ClassSpec, instances: bool, lut=None):
+def binary_gt_value(pairs, key: str, classes: ClassSpec, instances: bool):
+    """The value v of 0/v binary ground truth (e.g. 0/255 nucleus masks) scored as class 1 with two
+    classes, as the folder adapter reads it; None when the ground truth holds anything else."""
+    from sam_histo.data.folder import binary_value
+
+    if instances or classes.num_classes != 2:
+        return None
+    seen: set[int] = set()
+    for _, _, gp in pairs:
+        seen |= set(np.unique(load_labels(gp, key)).tolist())
+        if len(seen) > 2:
+            return None
+    return binary_value(seen, 2)
+
+
+def _load_pair(name: str, pp: Path, gp: Path, key: str, classes: ClassSpec, instances: bool, lut=None,
+               binary=None):
     gt, pred = load_labels(gp, key), load_labels(pp, key)
     if lut is not None:  # raw BCSS codes -> class ids
         unknown = sorted({int(c) for c in np.unique(gt) if not 0 <= c < len(lut) or lut[c] < 0})
         if unknown:
             raise DataError(f"{gp}: codes {unknown} are not in --codes; is this a BCSS mask?")
         gt = lut[gt]
+    if binary is not None:
+        gt = (gt == binary).astype(np.uint8)
     if gt.shape != pred.shape:
         raise DataError(f"{pp}: shape {pred.shape} differs from the ground truth {gp} shape {gt.shape}")
     if instances:
@@ -207,9 +193,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.error(f"--ignore-index {args.ignore_index} is not an id of --classes (0..{len(names) - 1})")
     classes = ClassSpec(names, args.ignore_index)
     pairs = match_files(args.pred, args.gt)
+    binary = binary_gt_value(pairs, args.key, classes, args.instances) if lut is None else None
+    if binary is not None:
+        print(f"binary ground truth: value 0 is {names[0]!r} and value {binary} is {names[1]!r}")
     ev = Evaluator(classes, instances=args.instances)
     for name, pp, gp in tqdm(pairs, desc="scoring", unit="file"):
-        gt, pred = _load_pair(name, pp, gp, args.key, classes, args.instances, lut)
+        gt, pred = _load_pair(name, pp, gp, args.key, classes, args.instances, lut, binary)
         if args.instances:
             ev.add(pred > 0, gt > 0, key=name, meta={"source": str(gp)}, gt_instances=gt, pred_instances=pred)
         else:
@@ -223,7 +212,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     def items(scores):
         out = []
         for s in scores:
-            gt, pred = _load_pair(s.key, *files[s.key], args.key, classes, args.instances, lut)
+            gt, pred = _load_pair(s.key, *files[s.key], args.key, classes, args.instances, lut, binary)
             if args.instances:
                 gt, pred = (gt > 0).astype(np.uint8), (pred > 0).astype(np.uint8)
             out.append((_load_image(args.images, s.key), gt, pred, s.key, s.dice))

@@ -16,7 +16,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from sam_histo.config import Config, load_config
+from sam_histo.config import Config, EvalConfig, PromptConfig, StainConfig, load_config
 from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.config.datasets import dataset_kind, modality
 from sam_histo.data.prompts import make_prompts, prompt_rng
@@ -28,45 +28,68 @@ from sam_histo.infer.image import prompted_class_map, semantic_probs
 from sam_histo.config.argv import first_paragraph
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSetup:
+    """The parts of a Config that validation reads (each callee gets its own sub-configs)."""
+
+    mode: str  # model.mode
+    image_size: int  # model.image_size
+    modality: str  # of data.dataset
+    eval: EvalConfig
+    prompts: PromptConfig  # validation's: every object up to eval.max_objects, no background clicks
+    stain: StainConfig
+    unassigned: str  # zeroshot.unassigned
+    target_mpp: Optional[float] = None  # model.target_mpp: semantic mode predicts at it, scores on the tile grid
+
+    @classmethod
+    def of(cls, cfg: Config) -> "EvalSetup":
+        prompts = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
+        return cls(cfg.model.mode, cfg.model.image_size, modality(cfg.data.dataset), cfg.eval, prompts, cfg.stain,
+                   cfg.zeroshot.unassigned, cfg.model.target_mpp)
+
+
 class SplitPredictor:
     """Predictions of one model for the samples of one adapter, in the configured mode.
 
     ``__call__(index) -> (sample, pred, probs)``: the eval-transformed sample (stain normalisation only),
     its predicted class map (H, W) int64 and, in semantic mode, probabilities (C, H, W) (else None).
+    Semantic mode with model.target_mpp predicts at that resolution and scores on the tile's own grid.
     """
 
-    def __init__(self, model, adapter, cfg: Config):
+    def __init__(self, model, adapter, setup: EvalSetup):
         from sam_histo.augment import build_eval_transform
 
-        self.model, self.adapter = model, adapter
+        self.model, self.adapter, self.setup = model, adapter, setup
         self.classes: ClassSpec = adapter.classes
-        self.mode = cfg.model.mode
-        self.eval_cfg = cfg.eval
-        # Validation prompts every object (up to eval.max_objects) and adds no background clicks.
-        self.prompt_cfg = dataclasses.replace(cfg.prompts, max_objects=cfg.eval.max_objects, n_background=0)
-        self.transform = build_eval_transform(cfg.stain, cfg.model.image_size, modality(cfg.data.dataset))
-        self.unassigned = unassigned_id(self.classes, cfg.zeroshot.unassigned)
+        self.transform = build_eval_transform(setup.stain, setup.image_size, setup.modality)
+        self.unassigned = unassigned_id(self.classes, setup.unassigned)
 
-    def __call__(self, index: int):
+    def load(self, index: int):
+        """Sample ``index`` after the eval transform (stain normalisation only)."""
         sample = self.adapter[index]
         extra = {"instances": sample.instances} if sample.instances is not None else {}
         out = self.transform(image=sample.image, mask=sample.mask, **extra)
         sample.image, sample.mask = out["image"], out["mask"]
-        if self.mode == "semantic":
+        return sample
+
+    def __call__(self, index: int):
+        sample, ev = self.load(index), self.setup.eval
+        if self.setup.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
-                                   self.eval_cfg.window_overlap, self.eval_cfg.batch_size)
+                                   ev.window_overlap, ev.batch_size, mpp=sample.mpp,
+                                   target_mpp=self.setup.target_mpp)
             return sample, probs.argmax(0).astype(np.int64), probs
-        prompts = make_prompts(sample.mask, self.classes, self.prompt_cfg,
-                               prompt_rng(self.eval_cfg.prompt_seed, index), instances=sample.instances)
+        prompts = make_prompts(sample.mask, self.classes, self.setup.prompts, prompt_rng(ev.prompt_seed, index),
+                               instances=sample.instances)
         return sample, prompted_class_map(self.model, sample.image, prompts, self.unassigned), None
 
 
-def evaluate(model, adapter, cfg: Config, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
-    """Run the model over ``adapter`` (this process's share) and return the reduced Evaluator; a
+def evaluate(predictor: SplitPredictor, accelerator=None, progress: bool = True, heatmap=None) -> Evaluator:
+    """Run the predictor over its adapter (this process's share) and return the reduced Evaluator; a
     ``heatmap`` (infer.heatmap.HeatmapCollector) also gets every image's probabilities."""
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
-    predictor = SplitPredictor(model, adapter, cfg)
+    model, adapter = predictor.model, predictor.adapter
     ev = Evaluator(adapter.classes)
     was_training = model.training
     model.eval()
@@ -96,46 +119,55 @@ def validate(model, cfg: Config, split: str, out_dir: Optional[Path] = None, che
     """Metrics JSON of ``model`` on ``split``; with ``out_dir`` (main process) also the full report.
     ``adapter``: the split's adapter when the caller already has it (the trainer validates every epoch)."""
     from sam_histo.data.dataset import build_dataset
-    from sam_histo.scoring.report import write_report
 
     adapter = adapter if adapter is not None else build_dataset(cfg.data, split)
     if len(adapter) == 0:
         raise MissingSplitError(f"split {split!r} of {cfg.data.root} is empty: nothing to validate (see "
                                 "data.val_fraction / data.test_fraction)")
-    collector = heatmap_collector(cfg, adapter.classes)
-    ev = evaluate(model, adapter, cfg, accelerator, progress, collector)
+    collector = heatmap_collector(cfg.heatmap, cfg.model.mode, adapter.classes)
+    predictor = SplitPredictor(model, adapter, EvalSetup.of(cfg))
+    ev = evaluate(predictor, accelerator, progress, collector)
     metrics = ev.result(split=split, checkpoint=checkpoint)
     metrics["mode"] = cfg.model.mode
     if collector is not None:
         metrics["heatmap"] = collector.result(split, accelerator)
-    is_main = accelerator is None or accelerator.is_main_process
-    if out_dir is not None and is_main:
-        overlay_class = cfg.eval.overlay_class or ev.rarest_class()
-        best, worst = ev.best_worst(overlay_class, n=cfg.eval.overlays) if cfg.eval.overlays else ([], [])
-        predictor = SplitPredictor(model, adapter, cfg)
-        model.eval()
-        files = write_report(metrics, out_dir, adapter.classes, overlay_items(predictor, best),
-                             overlay_items(predictor, worst), overlay_class)
-        if collector is not None:
-            from sam_histo.infer.heatmap import report_section
-
-            files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
-                                       + report_section(metrics["heatmap"]) + "\n")
+    if out_dir is not None and (accelerator is None or accelerator.is_main_process):
+        write_split_report(predictor, ev, metrics, out_dir, cfg.eval)
     return metrics
 
 
-def heatmap_collector(cfg: Config, classes: ClassSpec):
+def write_split_report(predictor: SplitPredictor, ev: Evaluator, metrics: dict, out_dir: Path, eval_cfg) -> None:
+    """report.md, metrics.json, plots and the best / worst overlays of one validated split."""
+    from sam_histo.scoring.report import write_report
+
+    overlay_class = eval_cfg.overlay_class or ev.rarest_class()
+    best, worst = ev.best_worst(overlay_class, n=eval_cfg.overlays) if eval_cfg.overlays else ([], [])
+    model, was_training = predictor.model, predictor.model.training
+    model.eval()
+    try:
+        files = write_report(metrics, out_dir, predictor.classes, overlay_items(predictor, best),
+                             overlay_items(predictor, worst), overlay_class)
+    finally:
+        model.train(was_training)
+    if "heatmap" in metrics:
+        from sam_histo.infer.heatmap import report_section
+
+        files["report"].write_text(files["report"].read_text().rstrip("\n") + "\n\n"
+                                   + report_section(metrics["heatmap"]) + "\n")
+
+
+def heatmap_collector(heatmap_cfg, mode: str, classes: ClassSpec):
     """A HeatmapCollector when ``heatmap.class_name`` is set (semantic mode only: it needs probabilities)."""
-    if not cfg.heatmap.class_name:
+    if not heatmap_cfg.class_name:
         return None
-    if cfg.model.mode != "semantic":
+    if mode != "semantic":
         from sam_histo.config import ConfigError
 
         raise ConfigError("heatmap.class_name needs class probabilities, which only model.mode=semantic gives; "
                           "prompted validation scores class maps")
     from sam_histo.infer.heatmap import HeatmapCollector
 
-    return HeatmapCollector(cfg.heatmap, classes)
+    return HeatmapCollector(heatmap_cfg, classes)
 
 
 def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
@@ -157,11 +189,11 @@ def validate_volume(model, cfg: Config, split: str, out_dir: Optional[Path] = No
 
 
 def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = None,
-                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True) -> dict:
+                   checkpoint: Optional[str] = None, accelerator=None, progress: bool = True, adapter=None) -> dict:
     """The final evaluation of a split: ``validate`` (2-D, per class), or for vesicle volumes with
     ``eval.instances`` the 3-D instance evaluation, run on the main process and shared with the others."""
     if not (dataset_kind(cfg.data.dataset).volume and cfg.eval.instances):
-        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress)
+        return validate(model, cfg, split, out_dir, checkpoint, accelerator, progress, adapter)
     if accelerator is None or accelerator.num_processes == 1:
         return validate_volume(model, cfg, split, out_dir, checkpoint, progress)
     from accelerate.utils import broadcast_object_list
@@ -182,16 +214,18 @@ def validate_split(model, cfg: Config, split: str, out_dir: Optional[Path] = Non
 
 
 def evaluate_splits(model, cfg: Config, splits, *, out_dirs=None, checkpoint: Optional[str] = None,
-                    accelerator=None, progress: bool = True, required: bool = False) -> tuple[dict, list]:
+                    accelerator=None, progress: bool = True, required: bool = False,
+                    adapters: Optional[dict] = None) -> tuple[dict, list]:
     """The one "evaluate these splits" helper (the trainer's final report, a release's metrics, `validate`):
     ``({split: metrics JSON}, [splits without samples])``; ``out_dirs[split]`` also gets the report. An
     empty split (:class:`MissingSplitError`) is skipped unless ``required``; every other error propagates,
-    so a bug or a bad tile fails the command instead of reading as "no such split"."""
+    so a bug or a bad tile fails the command instead of reading as "no such split". ``adapters[split]``: a
+    split's adapter when the caller has it (the Python API's datasets)."""
     results, missing = {}, []
     for split in splits:
         try:
             results[split] = validate_split(model, cfg, split, (out_dirs or {}).get(split), checkpoint,
-                                            accelerator, progress)
+                                            accelerator, progress, (adapters or {}).get(split))
         except MissingSplitError:
             if required:
                 raise
@@ -206,12 +240,15 @@ def selection_scores(metrics: dict) -> dict:
     return fg["macro"] if fg else metrics["macro"]
 
 
-def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True) -> dict:
-    """What the trainer validates each epoch: the protocol of the final report (``validate_split``), so the
-    checkpoint chosen is the best by the numbers reported for it; 2-D splits reuse the trainer's adapter."""
+def epoch_metrics(model, cfg: Config, adapter, checkpoint: str, accelerator=None, progress: bool = True,
+                  out_dir: Optional[Path] = None) -> dict:
+    """What the trainer validates each epoch (and at the start): the protocol of the final report
+    (``validate_split``), so the checkpoint chosen is the best by the numbers reported for it; 2-D splits
+    reuse the trainer's adapter; ``out_dir`` also gets the report."""
     if dataset_kind(cfg.data.dataset).volume and cfg.eval.instances:
-        return validate_split(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress)
-    return validate(model, cfg, "val", checkpoint=checkpoint, accelerator=accelerator, progress=progress,
+        return validate_split(model, cfg, "val", out_dir, checkpoint=checkpoint, accelerator=accelerator,
+                              progress=progress)
+    return validate(model, cfg, "val", out_dir, checkpoint=checkpoint, accelerator=accelerator, progress=progress,
                     adapter=adapter)
 
 
@@ -239,19 +276,32 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="sam-histo validate", description=first_paragraph(__doc__))
     parser.add_argument("--config", required=True, help="the run's config (e.g. RUN/config.yaml)")
     parser.add_argument("--checkpoint", required=True,
-                        help="weights file, checkpoint folder, or run folder (uses checkpoints/best)")
+                        help="weights file, checkpoint folder, run folder (uses checkpoints/best), or 'base' "
+                             "for the configured model.checkpoint (zero-shot)")
     parser.add_argument("--out", required=True, type=Path, help="folder for metrics.json, report.md, plots")
     parser.add_argument("--split", default=None, help="train, val or test (default eval.split)")
+    parser.add_argument("--protocols", default=None,
+                        help="comma-separated prompt protocols to tabulate instead of the usual validation: "
+                             "centroid, points5, box, box+neg, each optionally +tta (default eval.protocols)")
     args = parse_with_overrides(add_overrides_help(parser, "heatmap.class_name=tumor"), argv)
     cfg = load_config(args.config, args.overrides)
     split = args.split or cfg.eval.split
     from sam_histo.data.dataset import class_spec
     from sam_histo.models.load import load_model, resolve_model_file
 
+    protocols = [p for p in args.protocols.split(",") if p.strip()] if args.protocols else list(cfg.eval.protocols)
+    if protocols:
+        from sam_histo.config.rules import parse_protocols
+
+        parse_protocols(protocols, key="--protocols")  # a bad name fails before the model is built
     classes = class_spec(cfg.data)
-    weights = resolve_model_file(args.checkpoint)
+    base = args.checkpoint == "base"
+    weights = None if base else resolve_model_file(args.checkpoint)
     model = load_model(cfg.model, classes.num_classes if cfg.model.mode == "semantic" else None, weights)
-    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=str(weights),
+    label = f"base model.checkpoint={cfg.model.checkpoint} (zero-shot)" if base else str(weights)
+    if protocols:
+        return _protocols(model, cfg, split, protocols, args.out, label)
+    metrics = evaluate_splits(model, cfg, [split], out_dirs={split: args.out}, checkpoint=label,
                               required=True)[0][split]
     print(headline(metrics))
     if "heatmap" in metrics:
@@ -260,4 +310,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"heatmap {h['class_name']}: threshold {h['threshold']:.4g} ({h['rule']}), IoU {last['iou']:.3f} "
               f"after {last['step']} (predict --heatmap-class {h['class_name']} --threshold {h['threshold']:.6g})")
     print(f"report: {args.out / 'report.md'}")
+    return 0
+
+
+def _protocols(model, cfg: Config, split: str, protocols: list[str], out: Path, label: str) -> int:
+    from sam_histo.data.dataset import build_dataset
+    from sam_histo.data.types import DataError
+    from sam_histo.eval.protocols import run_protocols, write_protocol_table
+
+    adapter = build_dataset(cfg.data, split)
+    if len(adapter) == 0:
+        raise DataError(f"split {split!r} of {cfg.data.root} is empty: nothing to score; choose --split")
+    results = run_protocols(SplitPredictor(model, adapter, EvalSetup.of(cfg)), protocols)
+    print(write_protocol_table(results, out, split, label), end="")
+    print(f"table: {out / 'protocols.md'} and {out / 'protocols.json'}")
     return 0

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from sam_histo.data.io.resolution import resample_image, scale_factor, to_size
 from sam_histo.data.types import Prompts
 from sam_histo.infer.sliding import sliding_window
 
@@ -41,10 +42,23 @@ def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtyp
 
 
 def semantic_probs(model, image: np.ndarray, num_classes: int, ignore_index: Optional[int] = None,
-                   overlap: float = 0.25, batch_size: int = 4, autocast_dtype=None) -> np.ndarray:
-    """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3) of any size."""
+                   overlap: float = 0.25, batch_size: int = 4, autocast_dtype=None, *,
+                   mpp: Optional[float] = None, target_mpp: Optional[float] = None) -> np.ndarray:
+    """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3) of any size; with both ``mpp``
+    (the image's) and ``target_mpp`` (the model's) known, computed at the target and brought back."""
     fn = semantic_predict_fn(model, ignore_index, autocast_dtype)
-    return sliding_window(image, fn, model.image_size, overlap, batch_size, num_classes)
+    return at_resolution(lambda im: sliding_window(im, fn, model.image_size, overlap, batch_size, num_classes),
+                         image, mpp, target_mpp)
+
+
+def at_resolution(probs_fn, image: np.ndarray, mpp: Optional[float], target_mpp: Optional[float]) -> np.ndarray:
+    """``probs_fn(image) -> (C, h, w)`` run on the image resampled from ``mpp`` to ``target_mpp`` (area /
+    bilinear), its probabilities resized back (bilinear) to the image's own (H, W). No resampling when
+    either resolution is unknown or they agree."""
+    factor = scale_factor(mpp, target_mpp)
+    if factor == 1.0:
+        return probs_fn(image)
+    return to_size(probs_fn(resample_image(image, factor)), image.shape[:2])
 
 
 def take(prompts: Prompts, idx) -> Prompts:
@@ -55,22 +69,30 @@ def take(prompts: Prompts, idx) -> Prompts:
 
 
 @torch.no_grad()
-def prompted_masks(model, image: np.ndarray, prompts: Prompts, chunk: int = 32):
-    """Each object's best mask logits for one image: (N, H, W) float32 tensor on the CPU, and the
-    predicted IoU of that mask (N,). Objects are decoded ``chunk`` at a time to bound memory."""
-    h, w = image.shape[:2]
-    feats = model.encode(model.preprocess(image[None]))
+def best_mask_logits(model, feats, prompts: Prompts, orig_hw: tuple[int, int], chunk: int = 32,
+                     use_points_with_box: bool = False):
+    """Each object's best mask (highest predicted IoU of the multimask outputs) for encoded features of one
+    image: logits (N, H, W) float32 on the CPU at ``orig_hw``, and that mask's predicted IoU (N,)."""
     logits, ious = [], []
     for start in range(0, len(prompts), chunk):
         out = model.forward_prompted(feats, [take(prompts, slice(start, start + chunk))], multimask=True,
-                                     orig_hw=(h, w))
+                                     orig_hw=orig_hw, use_points_with_box=use_points_with_box)
         best = out.iou_pred.argmax(dim=1)
         rows = torch.arange(len(best), device=best.device)
         logits.append(out.logits[rows, best].float().cpu())
         ious.append(out.iou_pred[rows, best].float().cpu())
     if not logits:
-        return torch.zeros(0, h, w), torch.zeros(0)
+        return torch.zeros(0, *orig_hw), torch.zeros(0)
     return torch.cat(logits), torch.cat(ious)
+
+
+@torch.no_grad()
+def prompted_masks(model, image: np.ndarray, prompts: Prompts, chunk: int = 32):
+    """Each object's best mask logits for one image: (N, H, W) float32 tensor on the CPU, and the
+    predicted IoU of that mask (N,). Objects are decoded ``chunk`` at a time to bound memory."""
+    h, w = image.shape[:2]
+    feats = model.encode(model.preprocess(image[None]))
+    return best_mask_logits(model, feats, prompts, (h, w), chunk)
 
 
 def paste_masks(logits: torch.Tensor, class_ids, unassigned_id: int, threshold: float = 0.0) -> np.ndarray:

@@ -20,11 +20,12 @@ from typing import Optional
 
 import yaml
 
-from sam_histo.config import PROJECT_ROOT, ConfigError
+from sam_histo.config import ConfigError
+from sam_histo.config.resources import resource_dir
 from sam_histo.models.weights import MissingWeightsError, missing_message
 from sam_histo.config.argv import first_paragraph
 
-MANIFEST = PROJECT_ROOT / "third_party" / "manifest.yaml"
+MANIFEST = resource_dir("third_party") / "manifest.yaml"
 _CHUNK = 1 << 20
 
 

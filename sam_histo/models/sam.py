@@ -141,6 +141,12 @@ def build_sam(cfg: ModelConfig, num_classes: Optional[int] = None) -> "SamHisto"
     if num_classes:
         head = ClassTokenHead.from_decoder(sam.sam_mask_decoder, sam.sam_prompt_encoder, num_classes)
     model = SamHisto(sam, head, arch=name)
+    if cfg.lora.rank:  # adapters after the official weights, before our own (which may hold adapters)
+        from sam_histo.models.lora import add_lora, to_adapted_keys
+
+        add_lora(model, cfg.lora)
+        if state is not None and is_wrapped(state):
+            state = to_adapted_keys(state, model.state_dict())
     if state is not None and is_wrapped(state):  # one of our own (fine-tuned) checkpoints
         load_into(model, state, strict=cfg.strict, source=f"checkpoint {cfg.checkpoint}")
     _freeze_memory(model.sam)

@@ -14,6 +14,9 @@ Groups (``param_group``):
   inside ``forward_image`` and so serve the semantic head as well.
 - ``"semantic_head"``: the class-token head (semantic mode).
 - ``"prompt_encoder"``: the SAM prompt encoder.
+- ``"lora"``: LoRA adapter factors (models/lora.py); they train in every phase whose stages are not
+  "none" ("lora" names a phase where only they train on the encoder side), and the base weights they sit
+  on (``*.base_layer.*``) never train.
 - ``"memory"``: video-only modules (memory attention and encoder, object pointers, temporal encodings);
   always frozen for image training.
 """
@@ -64,6 +67,8 @@ def _trunk_block(name: str) -> Optional[int]:
 
 def param_group(name: str, ends: Sequence[int]) -> Union[int, str]:
     """Group of one parameter, by its name relative to the SAM2Base (or with ``sam.`` / ``semantic_head.``)."""
+    if ".lora_A." in name or ".lora_B." in name:
+        return "lora"
     if name.startswith("semantic_head."):
         return "semantic_head"
     block = _trunk_block(name)
@@ -98,9 +103,9 @@ def normalize_stages(stages: Stages, n_stages: int) -> list[int]:
     if isinstance(stages, str):
         if stages == "all":
             return list(range(n_stages))
-        if stages == "none":
+        if stages in ("none", "lora"):  # "lora": adapters only, no whole stage
             return []
-        raise ValueError(f"stages={stages!r}: use 'all', 'none' or a list of ids in 0..{n_stages - 1}")
+        raise ValueError(f"stages={stages!r}: use 'all', 'none', 'lora' or a list of ids in 0..{n_stages - 1}")
     ids = sorted(set(int(s) for s in stages))
     bad = [s for s in ids if not 0 <= s < n_stages]
     if bad:
@@ -139,7 +144,12 @@ def set_trainable(
     ids = normalize_stages(stages, len(ends))
     for name, p in model.named_parameters():
         group = param_group(name, ends)
-        p.requires_grad_(_wanted(group, ids, train_decoder, train_prompt_encoder, mode, name))
+        if group == "lora":
+            p.requires_grad_(stages != "none")
+        elif ".base_layer." in name:  # the weights a LoRA adapter sits on never train
+            p.requires_grad_(False)
+        else:
+            p.requires_grad_(_wanted(group, ids, train_decoder, train_prompt_encoder, mode, name))
     return trainable_counts(model)
 
 

@@ -56,6 +56,9 @@ def choose_checkpoint(run: Path, which: str) -> tuple[Path, str]:
     if state.is_file():
         s = json.loads(state.read_text())
         label += f" (epoch {s.get('epoch')}, step {s.get('step')})"
+        if s.get("wise_alpha") is not None:  # training/wise.py: a mix of the start and the best epoch
+            label += (f", WiSE-FT alpha {s['wise_alpha']:g}: (1 - alpha) * start + alpha * epoch "
+                      f"{s.get('wise_of_epoch')}")
     return path, label
 
 
@@ -232,6 +235,28 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def merge_adapters(cfg: Config, classes, state: dict, source: Path) -> tuple[dict, Optional[dict]]:
+    """A checkpoint with LoRA adapters -> the merged plain state dict (stock SAM2 layout), and the adapter
+    settings it had; ``cfg.model.lora`` is switched off so the bundle builds without adapters."""
+    from sam_histo.config import LoraConfig
+    from sam_histo.models.lora import has_lora_keys, merge_lora
+    from sam_histo.models.sam import build_sam
+    from sam_histo.models.weights import load_into
+
+    if not has_lora_keys(state):
+        return state, None
+    if not cfg.model.lora.rank:
+        raise ReleaseError(f"{source} holds LoRA adapters but the run's model.lora.rank is 0: release it with the "
+                           "config it was trained with")
+    model = build_sam(dataclasses.replace(cfg.model, checkpoint=None),
+                      classes.num_classes if cfg.model.mode == "semantic" else None)
+    load_into(model, state, source=str(source))
+    merge_lora(model)
+    settings = dataclasses.asdict(cfg.model.lora)
+    cfg.model = dataclasses.replace(cfg.model, lora=LoraConfig())
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, settings
+
+
 def _build_model(cfg: Config, classes, sam_state: dict, head_state: Optional[dict], source: Path):
     """The model of the bundle, loaded strictly from exactly the tensors that go into it (catches a
     checkpoint that does not fit the run's config before anything is written)."""
@@ -254,7 +279,8 @@ def write_bundle(run: Path, tmp: Path, checkpoint: str, recompute: bool) -> dict
     cfg = load_config(run / "config.yaml")
     classes = class_spec(cfg.data)
     weights, label = choose_checkpoint(run, checkpoint)
-    sam_state, head_state = split_state(read_state_dict(weights), cfg.model.mode, weights)
+    state, lora = merge_adapters(cfg, classes, read_state_dict(weights), weights)
+    sam_state, head_state = split_state(state, cfg.model.mode, weights)
     model = _build_model(cfg, classes, sam_state, head_state, weights)
     # One metadata entry only: safetensors keeps metadata in a hash map, so two keys come out in a random
     # order and identical weights would give different bytes. "format": "pt" is what transformers expects.
@@ -271,9 +297,10 @@ def write_bundle(run: Path, tmp: Path, checkpoint: str, recompute: bool) -> dict
         "name": cfg.name,
         "released_checkpoint": {"label": label, "source_file": str(weights), "sha256": sha256_file(weights)},
         "model": {"arch": cfg.model.arch, "canonical_arch": model.arch, "image_size": cfg.model.image_size,
-                  "mode": cfg.model.mode, "num_classes": model.num_classes,
+                  "target_mpp": cfg.model.target_mpp, "mode": cfg.model.mode, "num_classes": model.num_classes,
                   "parameters": sum(p.numel() for p in model.parameters()), "sam2_build": sam2_build_info(cfg.model)},
         "base_checkpoint": base_checkpoint_info(cfg.model),
+        "lora_merged": lora,
         "versions": versions(),
         "git": git_info(),
         "prompts": prompts,
@@ -324,7 +351,7 @@ def make_release(run: str | Path, out: str | Path, checkpoint: str = "best", for
     tmp.mkdir()
     try:
         write_bundle(run, tmp, checkpoint, recompute)
-        for path in tmp.rglob("*"):  # temporary-file writers create 0600 files; a bundle is for sharing
+        for path in tmp.rglob("*"):  # a bundle is for sharing: world-readable whatever the umask
             path.chmod(0o755 if path.is_dir() else 0o644)
         digest = B.write_sums(tmp)
         outcome = _install(tmp, out, force)

@@ -80,10 +80,14 @@ def render_card(info: dict, classes: dict, metrics: dict) -> str:
                  f"`{base['name']}` ({base.get('reason')})" if base.get("name") else base.get("reason"))
     ignore = classes.get("ignore_index")
     lines = [f"# {info['name']}: SAM2 fine-tuned with sam_histo", "",
-             f"SAM2 `{model['canonical_arch']}` at {model['image_size']} px, {model['mode']} mode"
+             f"SAM2 `{model['canonical_arch']}` at {model['image_size']} px"
+             f"{_resolution(model.get('target_mpp'))}, {model['mode']} mode"
              f"{', class-token head' if info['files']['semantic_head'] else ''}"
              f"{', tuned CLIP head' if info['files']['clip_head'] else ''}; {model['parameters']:,} parameters. "
-             f"Released checkpoint: {info['released_checkpoint']['label']}. Base checkpoint: {base_text}.", "",
+             f"Released checkpoint: {info['released_checkpoint']['label']}. Base checkpoint: {base_text}."
+             + (f" LoRA adapters (rank {info['lora_merged']['rank']}, alpha {info['lora_merged']['alpha']:g}, on "
+                f"{', '.join(info['lora_merged']['targets'])}) are merged into the weights."
+                if info.get("lora_merged") else ""), "",
              "Classes (id: name): " + ", ".join(f"{i}: {n}" for i, n in zip(classes["ids"], classes["names"]))
              + (f"; id {ignore} ({classes['names'][ignore]}) is the ignore index, never predicted."
                 if ignore is not None else "."),
@@ -117,3 +121,10 @@ def render_card(info: dict, classes: dict, metrics: dict) -> str:
               "- Every file's sha256 is in `SHA256SUMS` (`sha256sum -c SHA256SUMS`).", "",
               "## How to load", "", *_how_to_load(info), ""]
     return "\n".join(lines)
+
+
+def _resolution(target_mpp) -> str:
+    if target_mpp is None:
+        return " (images used at their own resolution)"
+    return (f" working at {target_mpp} um/px (predict resamples each image of known resolution to it and the "
+            "outputs back)")

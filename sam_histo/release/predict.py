@@ -93,8 +93,33 @@ def _prompted(release):
 
 
 def make_predictor(release, overlap: Optional[float] = None, batch_size: Optional[int] = None):
-    """``predict(uint8 (H, W, 3)) -> (label int64 (H, W), probs float32 (C, H, W))`` for a loaded release,
-    with the release's stain normalisation applied first."""
+    """``predict(uint8 (H, W, 3), mpp=None) -> (label int64 (H, W), probs float32 (C, H, W))`` for a loaded
+    release: the release's stain normalisation first, then the model at its ``model.target_mpp``
+    (``at_target_mpp``); outputs are on the input's grid."""
+    return at_target_mpp(_native_predictor(release, overlap, batch_size), release.config.model.target_mpp,
+                         label_from_probs=release.model.semantic_head is not None)
+
+
+def at_target_mpp(core, target_mpp: Optional[float], label_from_probs: bool = True):
+    """Wraps ``core(image) -> (label, probs)``: the image is resampled from its ``mpp`` to ``target_mpp``,
+    predicted, and the probabilities resized back (bilinear) to the input's (H, W); the label is their argmax
+    (``label_from_probs``) or the core's label resized with nearest neighbour. Unknown mpp or no target:
+    ``core`` as is."""
+    from sam_histo.data.io.resolution import resample_image, resample_labels, scale_factor, to_size
+
+    def predict(image: np.ndarray, mpp: Optional[float] = None):
+        factor = scale_factor(mpp, target_mpp)
+        if factor == 1.0:
+            return core(image)
+        label, probs = core(resample_image(image, factor))
+        probs = to_size(probs, image.shape[:2])
+        label = probs.argmax(0).astype(np.int64) if label_from_probs else resample_labels(label, size=image.shape[:2])
+        return label, probs
+
+    return predict
+
+
+def _native_predictor(release, overlap: Optional[float], batch_size: Optional[int]):
     cfg = release.config
     if release.model.semantic_head is not None:
         core = _semantic(release, cfg.eval.window_overlap if overlap is None else overlap,
@@ -251,6 +276,22 @@ def run_heatmaps(outputs: list[Outputs], release, class_name: str, args, out: Pa
     return report
 
 
+def input_resolutions(inputs, default_mpp: Optional[float], target_mpp: Optional[float]) -> dict:
+    """{key: {"mpp", "source"}} of every input (file name, TIFF tags, else --mpp); warns about the unknown
+    ones when the release works at a target resolution (they are predicted at their own scale)."""
+    from sam_histo.data.io.resolution import resolve_mpp
+
+    out = {}
+    for f, key in inputs:
+        mpp, source = resolve_mpp(f, default_mpp)
+        out[key] = {"mpp": mpp, "source": "--mpp" if source == "data.mpp" else source}
+    unknown = [k for k, v in out.items() if v["mpp"] is None]
+    if unknown and target_mpp is not None:
+        print(f"predict: {len(unknown)} image(s) of unknown resolution (e.g. {unknown[0]}) are predicted at "
+              f"their own scale, not at the release's {target_mpp} um/px; give --mpp")
+    return out
+
+
 # ------------------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sam-histo predict", description=__doc__.split("\n\n")[0])
@@ -263,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rle", action=argparse.BooleanOptionalAction, default=True, help="COCO-style RLE JSON")
     p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default eval.window_overlap)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per model call (default eval.batch_size)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="microns per pixel of inputs whose name (MPP-0.25) and TIFF tags say none")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (memory)")
     p.add_argument("--expected-digest", default=None, help="sha256 of the bundle's SHA256SUMS, as published")
     p.add_argument("--tissue-mask", action=argparse.BooleanOptionalAction, default=None,
@@ -327,13 +370,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     tissue_on = use_tissue_mask(release, args.tissue_mask)
     glass = glass_id(classes) if tissue_on else None
     unmasked = 0
+    resolution = input_resolutions(inputs, args.mpp, release.config.model.target_mpp)
+    from sam_histo.data.io.resolution import scale_factor
+
+    target_mpp = release.config.model.target_mpp
     for f, o in tqdm(todo, desc="predict", unit="image"):
-        # the tissue mask needs the whole image (morphology): streaming only without it (--no-tissue-mask)
-        if not tissue_on and predict_one_streamed(release, f, o, prob_ids, args):
+        # streaming works on the input's grid and without the tissue mask (its morphology needs the whole
+        # image): images that need resampling or masking take the whole-image path
+        native = scale_factor(resolution[o.key]["mpp"], target_mpp) == 1.0
+        if native and not tissue_on and predict_one_streamed(release, f, o, prob_ids, args):
             continue
         predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)
-        label, probs = predictor(image)
+        label, probs = predictor(image, resolution[o.key]["mpp"])
         grey = tissue_on and not (image.max(-1) != image.min(-1)).any()  # HSV finds no stain in grey
         unmasked += int(grey)
         if tissue_on and not grey:
@@ -351,5 +400,6 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{rep['threshold_source']}), {100 * last['positive_fraction']:.2f} % positive after "
               f"{last['step']}; {args.out / 'heatmaps'}, {args.out / 'heatmap.json'}")
     write_json(args.out / "predict.json", {"release": str(release.path), "digest": release.digest,
-                                           "inputs": len(inputs)}, indent=1)
+                                           "inputs": len(inputs), "target_mpp": release.config.model.target_mpp,
+                                           "resolution": resolution}, indent=1)
     return 0

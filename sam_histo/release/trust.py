@@ -6,7 +6,8 @@ built from it:
 * ``model``: ``arch`` must be one of the project's own architecture names (``archs.known_names()``, short
   forms included), never a YAML path; ``overrides`` may only set numbers, booleans or lists of them at plain
   keys (no ``_target_``, ``_args_`` or any other key starting with ``_``, no strings at all), so Hydra's
-  ``instantiate`` never sees a target or an interpolation the bundle wrote. Any other model key is refused.
+  ``instantiate`` never sees a target or an interpolation the bundle wrote; ``target_mpp`` is null or a
+  number. Any other model key is refused.
   ``checkpoint`` and ``cache_dir`` are cleared (the weights are the bundle's own file).
 * paths of the publisher's machine (``data.root``, ``data.cache_dir``, ``clip.head``, ``clip.prompts``,
   ``clip.cache_dir``, a CLIP given as a file or local folder) are dropped; the loader points the ones it
@@ -25,7 +26,8 @@ from sam_histo.config import ConfigError
 CLASS_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+-]{0,63}$")
 _NAME_PART = re.compile(r"^[A-Za-z0-9_+-][A-Za-z0-9._+-]*$")
 _OVERRIDE_KEY = re.compile(r"^model(\.[A-Za-z][A-Za-z0-9_]*)+$")
-MODEL_KEYS = {"arch", "image_size", "mode", "multimask", "strict", "overrides", "checkpoint", "cache_dir"}
+MODEL_KEYS = {"arch", "image_size", "mode", "multimask", "strict", "overrides", "checkpoint", "cache_dir",
+              "lora", "target_mpp"}
 MAX_IMAGE_SIZE = 4096
 
 
@@ -89,12 +91,20 @@ def check_model(model: dict, where: str) -> dict:
     if isinstance(size, bool) or not isinstance(size, int) or not 32 <= size <= MAX_IMAGE_SIZE or size % 32:
         raise BundleError(f"{where}: model.image_size {size!r} is not a multiple of 32 in [32, "
                              f"{MAX_IMAGE_SIZE}]: refused")
+    mpp = model.get("target_mpp")
+    if mpp is not None and (isinstance(mpp, bool) or not isinstance(mpp, (int, float)) or not 0 < mpp <= 50):
+        raise BundleError(f"{where}: model.target_mpp {str(mpp)[:40]!r} is not null or microns per pixel in "
+                          "(0, 50]: refused")
     overrides = model.get("overrides", [])
     if not isinstance(overrides, list):
         raise BundleError(f"{where}: model.overrides is not a list: refused")
     for text in overrides:
         check_override(text, where)
-    return {**model, "checkpoint": None, "cache_dir": None}
+    lora = model.get("lora")
+    if lora is not None and (not isinstance(lora, dict) or lora.get("rank") not in (0, None)):
+        raise BundleError(f"{where}: config.model.lora {str(lora)[:80]} asks for adapters, but a bundle holds "
+                             "merged plain weights (release merges LoRA): refused")
+    return {k: v for k, v in {**model, "checkpoint": None, "cache_dir": None}.items() if k != "lora"}
 
 
 def _looks_like_path(value) -> bool:

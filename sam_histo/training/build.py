@@ -37,15 +37,16 @@ class RunData:
         return -(-len(self.sampler) // self.loader.batch_size)
 
 
-def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool) -> RunData:
-    """Training adapter, class statistics (cached in the run folder), loss weights, sampler and loader."""
+def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool, train=None) -> RunData:
+    """Training adapter (``train`` when given, else from ``cfg.data``), class statistics (cached in the run
+    folder), loss weights, sampler and loader."""
     from sam_histo.augment import build_train_transform
     from sam_histo.data.dataset import build_dataset
     from sam_histo.data.sampling import build_sampler, class_weights, compute_stats
     from sam_histo.config.datasets import modality
     from sam_histo.training.samples import TrainSet, make_loader
 
-    train = build_dataset(cfg.data, "train")
+    train = build_dataset(cfg.data, "train") if train is None else train
     if len(train) == 0:
         raise ValueError(f"the train split of {cfg.data.root} is empty: check data.root and the split fractions")
     classes = train.classes
@@ -56,9 +57,25 @@ def build_data(cfg: Config, run_dir: Path, rank: int, world: int, progress: bool
     transform = build_train_transform(cfg.augment, cfg.stain, cfg.model.image_size,
                                       modality(cfg.data.dataset), mask_fill=fill, seed=cfg.seed)
     prompt_cfg = cfg.prompts if cfg.model.mode == "prompted" else None
-    trainset = TrainSet(train, transform, classes, prompt_cfg)
+    trainset = TrainSet(train, transform, classes, prompt_cfg, target_mpp=cfg.model.target_mpp)
+    report_resolution(train, cfg.model.target_mpp)
     loader = make_loader(trainset, sampler, cfg.seed, cfg.train.batch_size, cfg.train.num_workers)
     return RunData(classes, train, stats, torch.as_tensor(weights, dtype=torch.float32), sampler, loader)
+
+
+def report_resolution(adapter, target_mpp) -> dict:
+    """Logs where the training tiles' mpp came from and warns when model.target_mpp meets unknown ones."""
+    try:
+        res = adapter.resolutions()
+    except NotImplementedError:  # an adapter without meta(i) (test doubles): nothing to report
+        return {}
+    unknown = res["sources"].get("unknown", 0)
+    log.info("tile resolution: %s (sources %s); model.target_mpp=%s", {k: v for k, v in res["mpp"].items()},
+             res["sources"], target_mpp)
+    if target_mpp is not None and unknown:
+        log.warning("%d of %d training tiles have no known mpp and are not resampled to model.target_mpp=%s: "
+                    "set data.mpp or data.mpp_table", unknown, len(adapter), target_mpp)
+    return res
 
 
 def describe_weights(classes: ClassSpec, weights: torch.Tensor, stats) -> str:

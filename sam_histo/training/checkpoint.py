@@ -4,7 +4,8 @@ Layout under ``<run>/checkpoints``::
 
     step_00000120/            model.safetensors  optimizer.pt  state.json  rng_rank0.pt ...
     LATEST                    the name of the newest complete checkpoint folder
-    best/                     model.safetensors  state.json   (the best validation so far)
+    best/                     model.safetensors  state.json   (the best validation so far; may be the start)
+    start/                    model.safetensors  state.json   (the weights before the first step)
 
 A folder appears under its final name only after every file in it is written (``os.replace`` of the
 folder is atomic on POSIX file systems), and LATEST is replaced atomically after it, so a SIGKILL at any
@@ -95,25 +96,27 @@ def save_checkpoint(accelerator, run_dir: Path, model: torch.nn.Module, optimize
     return final
 
 
-def save_best(accelerator, run_dir: Path, model: torch.nn.Module, state: dict) -> Optional[Path]:
-    """Replace ``checkpoints/best`` atomically with the current weights (main process only)."""
+def save_best(accelerator, run_dir: Path, model, state: dict, name: str = "best") -> Optional[Path]:
+    """Replace ``checkpoints/<name>`` (best, or start: the weights before the first step) atomically with
+    ``model``'s weights, or a state dict of tensors (main process only)."""
     if not accelerator.is_main_process:
         return None
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / ".best.tmp"
+    tmp = root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    tensors = state_dict_for_save(model) if isinstance(model, torch.nn.Module) else model
     with _guarded(tmp, run_dir):
-        save_file(state_dict_for_save(model), str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    old = root / ".best.old"
+    old = root / f".{name}.old"
     shutil.rmtree(old, ignore_errors=True)
-    if (root / "best").exists():
-        os.replace(root / "best", old)
-    os.replace(tmp, root / "best")
+    if (root / name).exists():
+        os.replace(root / name, old)
+    os.replace(tmp, root / name)
     shutil.rmtree(old, ignore_errors=True)
-    return root / "best"
+    return root / name
 
 
 @contextmanager

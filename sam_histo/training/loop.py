@@ -5,7 +5,9 @@ the unfreeze schedule (a boundary re-prepares model and optimizer), the sampler'
 steps of ``grad_accum`` micro-batches at the learning rate ``lr_at(step)``; a non-finite loss or gradient
 skips its step and ``train.max_nonfinite`` in a row stop the run. Checkpoints every
 ``checkpoint_every_steps`` steps and at every epoch end; validation every ``val_every`` epochs on the
-macro per-class metric, which chooses ``checkpoints/best`` and stops early. A preemption signal writes a
+macro per-class metric, which chooses ``checkpoints/best`` and stops early. Before the first step the
+starting weights are validated the same way (epoch "start", training/baseline.py) and are the first best;
+after the last, WiSE-FT mixes of start and best are validated and the best mix kept (training/wise.py). A preemption signal writes a
 checkpoint and exits 0; ``train.resume=auto`` continues from it, mid-epoch, with the same batches.
 """
 from __future__ import annotations
@@ -22,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from sam_histo.config import Config, ConfigError, load_config
-from sam_histo.errors import MissingSplitError
 from sam_histo.training.recovery import TrainingError, check_phases, mark_diverged, resume_error
 from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.training import checkpoint as ck
@@ -43,7 +44,9 @@ from sam_histo.training.build import (
     describe_weights,
     prepare_phase,
 )
+from sam_histo.training.baseline import compare_with_start, record_validation, val_metrics, validate_start
 from sam_histo.training.step import batch_loss
+from sam_histo.training.wise import apply_wise
 
 log = logging.getLogger("sam_histo.train")
 
@@ -62,6 +65,17 @@ class Run:
     optimizer: Optional[torch.optim.Optimizer] = None
     phase: int = -1
     val_data: object = None  # the validation split's adapter, built at the first validation
+    datasets: Optional[dict] = None  # given adapters per split (the Python API), else built from cfg.data
+
+    def split_data(self, split: str):
+        """The adapter of ``split``; MissingSplitError when the caller's datasets have none (nothing to evaluate)."""
+        if self.datasets is None:
+            from sam_histo.data.dataset import build_dataset
+
+            return build_dataset(self.cfg.data, split)
+        if self.datasets.get(split) is None:
+            raise MissingSplitError(f"no {split} dataset was given")
+        return self.datasets[split]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -98,8 +112,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0 if result.get("status") in ("finished", "early_stopped", "preempted") else 1
 
 
-def train(cfg: Config, accelerator=None) -> dict:
-    """Run (or resume) the configured training; returns {"status", "run_dir", "best", ...}."""
+def train(cfg: Config, accelerator=None, datasets: Optional[dict] = None) -> dict:
+    """Run (or resume) the configured training; returns {"status", "run_dir", "best", ...}.
+
+    ``datasets``: {"train": adapter, "val": ..., "test": ...} to use instead of building the splits from
+    ``cfg.data`` (``sam_histo.train`` passes the user's own Datasets); a split left out is not evaluated."""
     accelerator = accelerator or make_accelerator(cfg)
     from accelerate.utils import set_seed
 
@@ -107,7 +124,8 @@ def train(cfg: Config, accelerator=None) -> dict:
     model = preflight(cfg)  # every check before the run folder is touched
     run_dir = prepare_run_dir(cfg, accelerator)
     progress = accelerator.is_local_main_process
-    data = build_data(cfg, run_dir, accelerator.process_index, accelerator.num_processes, progress)
+    data = build_data(cfg, run_dir, accelerator.process_index, accelerator.num_processes, progress,
+                      None if datasets is None else datasets["train"])
     accelerator.print(f"class weights (train split, {len(data.train)} tiles):\n"
                       f"{describe_weights(data.classes, data.class_weights, data.stats)}")
     model = model.to(accelerator.device)
@@ -117,7 +135,7 @@ def train(cfg: Config, accelerator=None) -> dict:
     state, ckpt = resume_state(cfg, run_dir)
     run = Run(cfg, accelerator, run_dir, data, model, state, JsonlLog(run_dir / "metrics.jsonl",
               accelerator.is_main_process, resumed_at=state.step if ckpt else None),
-              Preemption(cfg.train.preempt_signals))
+              Preemption(cfg.train.preempt_signals), datasets=datasets)
     run.enter_phase(state.epoch)
     if ckpt is not None:
         same_phase = state.optimizer_phase is None or state.optimizer_phase == run.phase
@@ -132,6 +150,7 @@ def train(cfg: Config, accelerator=None) -> dict:
     run.jsonl.write({"event": "start", "class_weights": dict(zip(data.classes.names, data.class_weights.tolist())),
                      "world_size": accelerator.num_processes, "resumed_from": str(ckpt) if ckpt else None,
                      "start": start_note})
+    validate_start(run)
     try:
         status = fit(run)
     except TrainingError as e:  # diverged: say which checkpoint is the last finite one, never resume it blindly
@@ -269,18 +288,12 @@ def log_train(run: Run, epoch: int, loss: float, rate: float) -> None:
 
 def validate_epoch(run: Run, epoch: int) -> bool:
     """Validate, keep the best checkpoint by the macro per-class metric; True when it is time to stop."""
-    from sam_histo.eval.validator import epoch_metrics, headline, selection_scores
+    from sam_histo.eval.validator import headline, selection_scores
 
     cfg, acc, state = run.cfg, run.accelerator, run.state
     es = cfg.train.early_stop
-    if run.val_data is None:  # index the split once, not every epoch
-        from sam_histo.data.dataset import build_dataset
-
-        run.val_data = build_dataset(cfg.data, "val")
-    try:
-        metrics = epoch_metrics(run.model, cfg, run.val_data, f"epoch {epoch}", acc, acc.is_local_main_process)
-    except MissingSplitError as e:  # no validation split: keep the last weights as the best; all else fails
-        acc.print(f"no validation ({e}); checkpoints/best follows the last epoch")
+    metrics = val_metrics(run, f"epoch {epoch}")
+    if metrics is None:  # no validation split: keep the last weights as the best
         ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": None})
         return False
     score = selection_scores(metrics)[es.metric]
@@ -298,13 +311,7 @@ def validate_epoch(run: Run, epoch: int) -> bool:
             ck.save_best(acc, run.run_dir, run.model, {"epoch": epoch, "step": state.step, "metric": es.metric,
                                                        "value": None})
     acc.print(f"epoch {epoch} {headline(metrics)}{'  * best' if improved else ''}")
-    per_class = {k: {"dice": v["dice"], "recall": v["recall"]} for k, v in metrics["per_class"].items()}
-    run.jsonl.write({"event": "val", "epoch": epoch, "step": state.step, "macro": metrics["macro"],
-                     "micro": metrics["micro"], "per_class": per_class, "best": state.best, "improved": improved})
-    if cfg.train.log_with:
-        scalars = {f"val/macro_{k}": v for k, v in metrics["macro"].items() if v is not None}
-        scalars.update({f"val/dice/{k}": v["dice"] for k, v in per_class.items() if v["dice"] is not None})
-        acc.log(scalars, step=state.step)
+    record_validation(run, epoch, metrics, improved)
     return bool(es.patience) and state.bad_validations >= es.patience
 
 
@@ -338,21 +345,29 @@ def finish(run: Run, status: str) -> dict:
         return result
     from sam_histo.eval.validator import evaluate_splits, headline
 
+    wise = apply_wise(run)
+    result.update(best=run.state.best, best_epoch=run.state.best_epoch)
     best = run.run_dir / ck.CKPT_DIR / "best"
     if (best / "model.safetensors").exists():
         ck.load_model_weights(run.model, best)
-    splits = ("val", "test")
-    reports, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
-                                 checkpoint=f"checkpoints/best (epoch {run.state.best_epoch})", accelerator=acc,
-                                 progress=acc.is_local_main_process)
-    for split, metrics in reports.items():
+    label = f"checkpoints/best (epoch {run.state.best_epoch})"
+    if wise is not None:
+        label += f" WiSE-FT alpha {wise['chosen']:g}"
+        result["wise_alpha"] = wise["chosen"]
+    splits = ("val", "test") if run.datasets is None else [s for s in ("val", "test") if run.datasets.get(s)]
+    finals, _ = evaluate_splits(run.model, cfg, splits, out_dirs={s: run.run_dir / "eval" / s for s in splits},
+                                checkpoint=label, accelerator=acc, progress=acc.is_local_main_process,
+                                adapters=run.datasets)
+    for split, metrics in finals.items():
         result[split] = metrics
         acc.print(f"final {headline(metrics)} -> {run.run_dir / 'eval' / split / 'report.md'}")
+    comparison = compare_with_start(run, finals, wise)
+    if comparison is not None:
+        result["start_comparison"] = comparison
     if cfg.clip.train_head and acc.is_main_process:
         from sam_histo.zeroshot.train_head import train_clip_head
-        from sam_histo.data.dataset import build_dataset
 
-        result["clip"] = train_clip_head(cfg, run.run_dir, run.data.train, build_dataset(cfg.data, "val"))
+        result["clip"] = train_clip_head(cfg, run.run_dir, run.data.train, run.split_data("val"))
     run.jsonl.write({"event": "end", **{k: v for k, v in result.items() if k not in ("val", "test")}})
     acc.end_training()
     return result

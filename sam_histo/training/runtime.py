@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import signal
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from sam_histo.config import Config, ConfigError, to_dict
 from sam_histo.training import checkpoint as ck
@@ -63,7 +63,7 @@ class TrainState:
     step: int = 0  # optimizer steps so far
     consumed: int = 0  # samples of ``epoch`` this rank has trained on
     best: Optional[float] = None
-    best_epoch: Optional[int] = None
+    best_epoch: Union[int, str, None] = None  # "start": no epoch beat the starting weights
     bad_validations: int = 0
     nonfinite_total: int = 0
     nonfinite_run: int = 0

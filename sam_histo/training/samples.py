@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from sam_histo.data.prompts import make_prompts
+from sam_histo.data.io.resolution import to_target
 from sam_histo.data.types import ClassSpec, Prompts
 
 
@@ -61,21 +62,23 @@ class TrainSet(torch.utils.data.Dataset):
     """Augmented samples of an adapter, addressed by (index, item seed) keys.
 
     transform: a pipeline from ``sam_histo.augment.build_train_transform`` (crops to the model size);
-    prompt_cfg: a PromptConfig in prompted mode, None in semantic mode.
+    prompt_cfg: a PromptConfig in prompted mode, None in semantic mode; target_mpp: model.target_mpp, to
+    which each tile of known resolution is resampled before the transform (None: none is).
     """
 
-    def __init__(self, adapter, transform, classes: ClassSpec, prompt_cfg=None):
+    def __init__(self, adapter, transform, classes: ClassSpec, prompt_cfg=None, target_mpp=None):
         self.adapter = adapter
         self.transform = transform
         self.classes = classes
         self.prompt_cfg = prompt_cfg
+        self.target_mpp = target_mpp  # model.target_mpp: tiles are resampled to it before the crop
 
     def __len__(self) -> int:
         return len(self.adapter)
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         index, seed = key
-        sample = self.adapter[index]
+        sample = to_target(self.adapter[index], self.target_mpp)
         self.transform.set_random_seed(seed)
         extra = {"instances": sample.instances} if sample.instances is not None else {}
         out = self.transform(image=sample.image, mask=sample.mask, **extra)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from sam_histo.config import PROJECT_ROOT, ConfigError
+from sam_histo.config import ConfigError
+from sam_histo.config.resources import resource_dir
 
-PROMPTS_DIR = PROJECT_ROOT / "prompts"
+PROMPTS_DIR = resource_dir("prompts")
 _TOP_KEYS = ("name", "modality", "description", "templates", "classes")
 _CLASS_KEYS = ("synonyms", "templates")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sam_histo.data import render
-from sam_histo.data.render import Style
+from sam_histo.data.synth import render
+from sam_histo.data.synth.render import Style
 from sam_histo.config.argv import first_paragraph
 
 SITES = ("A1", "A2", "AR", "BH", "E2", "OL")  # TCGA tissue source site codes
