@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal, Optional, Union
 
 from sam_histo.config.datasets import KINDS
-from sam_histo.config.jobs import ClipConfig, EmConfig, EmSweepConfig, HeatmapConfig, ZeroShotConfig  # noqa: F401
+from sam_histo.config.jobs import ClipConfig, EmConfig, EmSweepConfig, HeatmapConfig, ZeroShotConfig  # noqa: F401 (re-exported)
 
 
 @dataclass

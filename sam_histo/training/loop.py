@@ -24,13 +24,13 @@ import torch
 from tqdm import tqdm
 
 from sam_histo.config import Config, ConfigError, load_config
+from sam_histo.errors import MissingSplitError
 from sam_histo.training.recovery import TrainingError, check_phases, mark_diverged, resume_error
 from sam_histo.config.argv import add_overrides_help, parse_with_overrides
 from sam_histo.training import checkpoint as ck
 from sam_histo.training.optim import lr_at, phase_epochs, phase_index, set_lr
 from sam_histo.training.runtime import (
     Preemption,
-    TrainingError,
     TrainState,
     flat_config,
     make_accelerator,
