@@ -6,7 +6,7 @@ import pytest
 from sam_histo import cli
 from sam_histo.config import load_config
 from sam_histo.config.argv import add_overrides_help, is_override, parse_with_overrides
-from sam_histo.data.synthetic import write_bcss
+from sam_histo.data.synth.layouts import write_bcss
 
 
 def _parser():

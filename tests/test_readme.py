@@ -185,7 +185,7 @@ def write_fixtures(work: Path) -> dict:
     from PIL import Image
 
     from sam_histo.config import ModelConfig
-    from sam_histo.data.synthetic import write_bcss, write_lgg
+    from sam_histo.data.synth.layouts import write_bcss, write_lgg
     from sam_histo.models.sam import build_sam
     from sam_histo.models.weights import save_state_dict
 
