@@ -24,6 +24,9 @@ SUBSTITUTIONS (regex -> replacement, applied in order to each command's text):
 | README says | the test runs | why |
 |---|---|---|
 | `/data/BCSS`, `/data/LGG` | `data/bcss`, `data/lgg` | synthetic BCSS (6 ROIs, 128 px) and LGG (64 px) written by FIXTURES |
+| `/data/nuclei`, `/data/monuseg/Test_Folder` | `data/nuclei` | 6 synthetic 96 px nucleus tiles in the MoNuSeg layout (img/*.tif + labelcol/*.png, 0/255) |
+| `model.checkpoint=sam2.1_hiera_large` | `model.checkpoint=sam2.1_hiera_tiny` | the manifest name of the tiny .pt (no large weights offline) |
+| `sam-histo bench learn` | `... --data data/nuclei --folds 2 --max-folds 1 --epochs 1` and 2 steps an epoch | the benchmark's whole path on the nucleus fixture in seconds; README options after it still win |
 | `--config configs/X.yaml` (train, validate, zeroshot, em, stats) | the same, followed by TINY[X] | a 0.7 M-parameter random-init SAM2 at 64 px, 2 epochs of 2 steps; README overrides come after and win |
 | `model.arch=sam2.1_hiera_l`, `model.arch=hiera_b+` (training lines) | dropped | TINY's `model.arch=tiny` stays |
 | `model.checkpoint=/models/sam2.1_hiera_large.pt` | `model.checkpoint=sam2.1_hiera_tiny` | the manifest name, which the fake manifest points at a tiny .pt |
@@ -63,6 +66,7 @@ _COMMON = ["model.arch=tiny", "model.image_size=64", "train.epochs=2", _PHASES, 
 TINY = {
     "configs/bcss.yaml": [*_COMMON, "data.tile_size=128", "data.tile_stride=128"],
     "configs/lgg.yaml": _COMMON,
+    "configs/folder.yaml": _COMMON, "folder": _COMMON, "nuclei": _COMMON, "configs/nuclei.yaml": _COMMON,
     "configs/vesicle.yaml": [*_COMMON, "em.points_per_side=4", "em.sweep.iou_thresh=[0.0]",
                              "em.sweep.mask_threshold=[-1.0, 0.0]", "em.sweep.min_size=[15]"],
 }
@@ -70,6 +74,10 @@ TINY = {
 SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"/data/BCSS", "data/bcss"),
     (r"/data/LGG", "data/lgg"),
+    (r"/data/nuclei|/data/monuseg/Test_Folder", "data/nuclei"),
+    (r"model\.checkpoint=sam2\.1_hiera_large\b", "model.checkpoint=sam2.1_hiera_tiny"),
+    (r"^sam-histo bench learn", "sam-histo bench learn --data data/nuclei --folds 2 --max-folds 1 --epochs 1 "
+                                "--set sampling.iter_per_epoch=2 --set train.batch_size=2 --set model.image_size=64"),
     (r" model\.arch=(sam2\.1_hiera_l|hiera_b\+)(?= model\.checkpoint| name=| clip\.)", ""),
     (r"model\.checkpoint=/models/sam2\.1_hiera_large\.pt", "model.checkpoint=sam2.1_hiera_tiny"),
     (r"clip\.arch=local-dir:/models/\S+", "clip.arch=tiny clip.weights=tiny/clip.pt"),
@@ -193,6 +201,7 @@ def write_fixtures(work: Path) -> dict:
         (work / name).symlink_to(REPO / name)
     write_bcss(work / "data" / "bcss", 6, 0, size=128)
     write_lgg(work / "data" / "lgg", 6, 0, size=64)
+    _nucleus_tiles(work / "data" / "nuclei")
     images = sorted((work / "data" / "bcss" / "images").glob("*.png"))
     for folder in ("tiles", "refs", "slides/tiles"):
         (work / folder).mkdir(parents=True)
@@ -218,6 +227,27 @@ def write_fixtures(work: Path) -> dict:
                  sha256=hashlib.sha256(tiny.read_bytes()).hexdigest())
     (work / "tiny" / "manifest.yaml").write_text(yaml.safe_dump(man))
     return {"SAM_HISTO_MANIFEST": str(work / "tiny" / "manifest.yaml"), "SAM_HISTO_CACHE": str(work / "cache")}
+
+
+def _nucleus_tiles(root: Path, n: int = 6, size: int = 96) -> None:
+    """img/*.tif (RGB, dark nuclei on pink) and labelcol/*.png (0/255) as MoNuSeg lays them out."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir(parents=True)
+    (root / "labelcol").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        mask = np.zeros((size, size), bool)
+        for _ in range(8):
+            cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [int(rng.integers(4, 8))]
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+        image = np.where(mask[..., None], (95, 45, 150), (235, 190, 215)).astype(np.int16)
+        image = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+        tifffile.imwrite(root / "img" / f"TCGA-N{i}-01A.tif", image, photometric="rgb")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(root / "labelcol" / f"TCGA-N{i}-01A.png")
 
 
 def _instance_volumes(work: Path) -> None:
