@@ -152,11 +152,11 @@ def test_each_end_of_a_run_prints_why_and_where(six_tiles, tmp_path, monkeypatch
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("training finished all 2 epochs; best val macro dice") and \
         last.endswith(f"report {tmp_path / 'done' / 'eval' / 'val' / 'report.md'}")
-    # patience 1 and an impossible gain: the second validation stops the run
+    # patience 1 and an impossible gain: the first epoch's validation cannot beat the start, so the run stops
     loop.train(load_config(None, overrides(six_tiles, tmp_path, "early", 1, 4, "data.val_fraction=0.34", "train.early_stop.patience=1",
                                            "train.early_stop.min_delta=10")))
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("training stopped early after epoch 1: val macro dice gained less than 10.0 in 1 ")
+    assert last.startswith("training stopped early after epoch 0: val macro dice gained less than 10.0 in 1 ")
     assert last.endswith(f"report {tmp_path / 'early' / 'eval' / 'val' / 'report.md'}")
     real = loop.batch_loss
     monkeypatch.setattr(loop, "batch_loss", lambda *a, **k: {**real(*a, **k), "total": torch.tensor(float("nan"))})

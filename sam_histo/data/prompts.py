@@ -88,6 +88,17 @@ def _box(rng, obj: np.ndarray, noise: float) -> np.ndarray:
                     np.float32)
 
 
+def select_objects(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Generator,
+                   instances: Optional[np.ndarray] = None) -> list:
+    """The objects of ``mask`` (``find_objects`` with cfg.exclude and cfg.min_area), at most cfg.max_objects
+    of them drawn by ``rng`` in their original order: one rule for training, validation and protocols."""
+    objects = find_objects(mask, classes, cfg.exclude, cfg.min_area, instances)
+    if len(objects) > cfg.max_objects:
+        keep = np.sort(rng.choice(len(objects), cfg.max_objects, replace=False))
+        objects = [objects[i] for i in keep]
+    return objects
+
+
 def make_prompts(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Generator,
                  instances: Optional[np.ndarray] = None) -> Prompts:
     """Prompts for up to ``cfg.max_objects`` objects of one image, plus ``cfg.n_background`` background
@@ -97,10 +108,7 @@ def make_prompts(mask: np.ndarray, classes: ClassSpec, cfg, rng: np.random.Gener
     coordinates (x, y), so ``mask[y, x]`` is the pixel a point names. See ``Prompts`` for the shapes.
     """
     mask = np.asarray(mask)
-    objects = find_objects(mask, classes, cfg.exclude, cfg.min_area, instances)
-    if len(objects) > cfg.max_objects:
-        keep = np.sort(rng.choice(len(objects), cfg.max_objects, replace=False))
-        objects = [objects[i] for i in keep]
+    objects = select_objects(mask, classes, cfg, rng, instances)
     h, w = mask.shape
     p = cfg.n_pos + cfg.n_neg
     valid = mask != classes.ignore_index if classes.ignore_index is not None else np.ones((h, w), bool)

@@ -1,6 +1,6 @@
 """Deterministic prompts of the prompt protocols (`sam-histo validate --protocols`).
 
-Every protocol prompts the same objects (``prompts.find_objects``: components or instances, at most
+Every protocol prompts the same objects (``prompts.select_objects``: components or instances, at most
 ``max_objects``, chosen with the sample's generator) and shares what they have in common, drawn once per
 object in a fixed order whatever protocols are asked for:
 
@@ -23,7 +23,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from sam_histo.config.rules import PROMPT_PROTOCOLS
-from sam_histo.data.prompts import find_objects
+from sam_histo.data.prompts import select_objects
 from sam_histo.data.types import ClassSpec, Prompts
 
 N_POINTS = 5
@@ -82,10 +82,7 @@ def object_prompts(mask: np.ndarray, classes: ClassSpec, prompt_cfg, rng: np.ran
                    instances: Optional[np.ndarray] = None) -> ObjectPrompts:
     """The shared prompts of one image; ``prompt_cfg`` (PromptConfig) gives exclude, min_area, max_objects."""
     mask = np.asarray(mask)
-    objects = find_objects(mask, classes, prompt_cfg.exclude, prompt_cfg.min_area, instances)
-    if len(objects) > prompt_cfg.max_objects:
-        keep = np.sort(rng.choice(len(objects), prompt_cfg.max_objects, replace=False))
-        objects = [objects[i] for i in keep]
+    objects = select_objects(mask, classes, prompt_cfg, rng, instances)
     h, w = mask.shape
     valid = mask != classes.ignore_index if classes.ignore_index is not None else np.ones((h, w), bool)
     targets = np.zeros((len(objects), h, w), bool)
