@@ -10,6 +10,7 @@ mkstemp's owner-only 0600.
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 from contextlib import contextmanager
@@ -80,3 +81,9 @@ def save_png(path: str | Path, array, compress_level: int = 6) -> Path:
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(a)).save(tmp, format="PNG", compress_level=compress_level)
     return Path(path)
+
+
+def safe_file_part(name: str) -> str:
+    """``name`` made safe as one file-name part: anything but letters, digits and ``_.+-`` becomes ``_``, no
+    leading dot (so never ``.`` or ``..``), never empty."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).lstrip(".") or "_"

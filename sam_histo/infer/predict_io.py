@@ -20,13 +20,13 @@ model. Every file is written atomically, so an image whose files all exist is fi
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from sam_histo.data.types import DataError
+from sam_histo.files import safe_file_part
 
 SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg")
 MAX_PIXELS = 200_000_000  # about 14 k x 14 k: the sliding-window accumulators take 4 * (C + 1) bytes a pixel
@@ -198,7 +198,7 @@ class Outputs:
 
     def class_part(self, class_id: int) -> str:
         """``ID_NAME``: the id keeps names apart, the sanitised name keeps files readable."""
-        return f"{class_id}_{re.sub(r'[^A-Za-z0-9_.+-]', '_', self.names[class_id]).lstrip('.')}"
+        return f"{class_id}_{safe_file_part(self.names[class_id])}"
 
     def prob_png(self, class_id: int) -> Path:
         return self.out / "probs" / self.key / f"{self.class_part(class_id)}.png"

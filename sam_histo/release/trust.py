@@ -49,11 +49,6 @@ def check_class_names(names, where: str) -> None:
                                  "' _.+-', at most 64): refused")
 
 
-def safe_file_part(name: str) -> str:
-    """A class name made safe as one file-name part (anything else becomes '_')."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name).lstrip(".") or "_"
-
-
 def _numeric(value) -> bool:
     if isinstance(value, (bool, int, float)):
         return True
