@@ -58,9 +58,11 @@ def _plain_bincount(pred, target, n, ignore):
     return c
 
 
+@pytest.mark.parametrize("min_pixels", [0, 1 << 14])  # pair counting at every size / only above 16k pixels
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 17])  # several chunks, odd chunks, one chunk
-def test_fast_path_equals_plain_bincount(monkeypatch, chunk):
+def test_fast_path_equals_plain_bincount(monkeypatch, chunk, min_pixels):
     monkeypatch.setattr(counting, "_CHUNK", chunk)
+    monkeypatch.setattr(counting, "_PAIRED_MIN_PIXELS", min_pixels)
     rng = np.random.default_rng(7)
     for n in (1, 2, 3, 6, 7, 11, 12):  # 12: C*C above the pair-counting limit
         for dtype in (np.uint8, np.int8, np.int16, np.uint16, np.int32, np.int64):
@@ -76,10 +78,12 @@ def test_fast_path_equals_plain_bincount(monkeypatch, chunk):
                                       _plain_bincount(big_p.T[:, ::3], big_t[:, ::3], n, None))
 
 
+@pytest.mark.parametrize("min_pixels", [0, 1 << 14])
 @pytest.mark.parametrize("chunk", [64, 1 << 17])
-def test_fast_path_refuses_an_out_of_range_id_anywhere(monkeypatch, chunk):
+def test_fast_path_refuses_an_out_of_range_id_anywhere(monkeypatch, chunk, min_pixels):
     """One bad pixel, last of 1000, is found whatever the dtype (a uint8 cast would wrap 256 to a valid 0)."""
     monkeypatch.setattr(counting, "_CHUNK", chunk)
+    monkeypatch.setattr(counting, "_PAIRED_MIN_PIXELS", min_pixels)
     for dtype, bad in ((np.uint8, 6), (np.uint8, 255), (np.int64, 6), (np.int64, 256), (np.int64, -1),
                        (np.int8, -3), (np.uint16, 262), (np.int32, 2**20 + 1)):
         ok = np.ones(1000, dtype)
