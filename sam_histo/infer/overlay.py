@@ -125,7 +125,13 @@ def overlay_with_legend(image: np.ndarray, label_map: np.ndarray, names: Sequenc
     "not tissue / ignored": left untinted)."""
     drawn = overlay(image, label_map, colors, ignore_index=ignore_index)
     ids = [int(i) for i in np.unique(label_map)] if present_only else list(range(len(names)))
+    return np.concatenate([drawn, class_legend(drawn.shape[1], ids, names, colors, ignore_index)], axis=0)
+
+
+def class_legend(width: int, ids: Sequence[int], names: Sequence[str], colors: Sequence[Color],
+                 ignore_index: Optional[int] = None) -> np.ndarray:
+    """The legend band of an overlay drawing the class ``ids`` (the ignore id as "untinted ... (ignored)")."""
     entries = [(names[i], colors[i]) for i in ids if i != ignore_index and colors[i] is not None]
     if ignore_index is not None and ignore_index in ids:
         entries.append((f"untinted: {names[ignore_index]} (ignored)", (255, 255, 255)))
-    return np.concatenate([drawn, legend_band(drawn.shape[1], entries, "classes:")], axis=0)
+    return legend_band(width, entries, "classes:")

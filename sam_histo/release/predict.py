@@ -154,19 +154,21 @@ def write_outputs(o: Outputs, image: np.ndarray, label: np.ndarray, probs: np.nd
     save_png(o.label, label)
 
 
-def predict_one_streamed(release, f: Path, o: Outputs, prob_ids: list[int], args) -> bool:
+def predict_one_streamed(release, f: Path, o: Outputs, prob_ids: list[int], args, masking,
+                         image_id: int) -> Optional[bool]:
     """Semantic releases without stain normalisation: the streamed path (release.stream), memory bounded by
-    the window batch; False when the image needs the whole-image path. The size is checked from the header."""
+    the window batch; None when the image needs the whole-image path (the size is checked from the header),
+    else whether it was a grey image left unmasked."""
     from sam_histo.infer.predict_io import check_pixels
     from sam_histo.release.stream import can_stream, predict_streamed
 
     h, w = check_pixels(f, args.max_pixels)
     if not can_stream(release, h, w):
-        return False
+        return None
     cfg = release.config
-    predict_streamed(release, f, o, prob_ids, cfg.eval.window_overlap if args.overlap is None else args.overlap,
-                     cfg.eval.batch_size if args.batch_size is None else args.batch_size, args.max_pixels)
-    return True
+    return predict_streamed(release, f, o, prob_ids, cfg.eval.window_overlap if args.overlap is None else args.overlap,
+                            cfg.eval.batch_size if args.batch_size is None else args.batch_size, args.max_pixels,
+                            masking, image_id)
 
 
 def input_resolutions(inputs, default_mpp: Optional[float], target_mpp: Optional[float]) -> dict:
@@ -189,6 +191,7 @@ def predict_images(release, todo, image_ids: dict, resolution: dict, args) -> in
     """Predict and write every (file, Outputs) of ``todo``; returns how many grey images were not masked."""
     from sam_histo.data.io.resolution import scale_factor
     from sam_histo.infer.overlay import save_png
+    from sam_histo.release.stream import Masking
     from sam_histo.stain.tissue import tissue_mask
 
     classes = release.classes
@@ -198,11 +201,13 @@ def predict_images(release, todo, image_ids: dict, resolution: dict, args) -> in
     target_mpp = release.config.model.target_mpp
     predictor, unmasked = None, 0
     for f, o in tqdm(todo, desc="predict", unit="image"):
-        # streaming works on the input's grid and without the tissue mask (its morphology needs the whole
-        # image): images that need resampling or masking take the whole-image path
-        native = scale_factor(resolution[o.key]["mpp"], target_mpp) == 1.0
-        if native and not tissue_on and predict_one_streamed(release, f, o, prob_ids, args):
-            continue
+        # streaming works on the input's grid: images that need resampling take the whole-image path
+        if scale_factor(resolution[o.key]["mpp"], target_mpp) == 1.0:
+            masking = Masking(release.config.data.tissue, glass, tissue_png(args.out, o.key)) if tissue_on else None
+            grey = predict_one_streamed(release, f, o, prob_ids, args, masking, image_ids[o.key])
+            if grey is not None:
+                unmasked += int(grey and tissue_on)
+                continue
         predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)
         label, probs = predictor(image, resolution[o.key]["mpp"])

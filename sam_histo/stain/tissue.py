@@ -7,6 +7,8 @@ S = (V - min(R,G,B)) / V), the same quantities as ``skimage.color.rgb2hsv`` scal
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -35,3 +37,27 @@ def tissue_mask(rgb: np.ndarray, cfg) -> np.ndarray:
         fp = footprint_rectangle((cfg.kernel, cfg.kernel))
         mask = opening(closing(mask, fp), fp)
     return mask.astype(bool)
+
+
+BAND = 512  # rows per band of tissue_mask_rows
+
+
+def tissue_mask_rows(rows, h: int, w: int, cfg, band: Optional[int] = None) -> tuple[np.ndarray, bool]:
+    """:func:`tissue_mask` of an (h, w) image read by ``rows(y0, y1) -> uint8 (y1 - y0, w, 3)``, a band at a
+    time, and whether the image is grey (no pixel with R, G, B unequal: HSV finds no stain there).
+
+    Equal to the whole-image mask: each band is computed with ``2 * kernel`` rows of context on either
+    side, more than the close and the open reach (each of their four passes moves a pixel's influence by
+    less than ``kernel`` rows). Memory: one band of pixels besides the (h, w) bool result.
+    """
+    band = band or BAND
+    mask = np.empty((h, w), bool)
+    halo = 2 * cfg.kernel if cfg.kernel > 1 else 0
+    grey = True
+    for y0 in range(0, h, band):
+        y1 = min(h, y0 + band)
+        a, b = max(0, y0 - halo), min(h, y1 + halo)
+        rgb = rows(a, b)
+        grey = grey and not (rgb[y0 - a:y1 - a].max(-1) != rgb[y0 - a:y1 - a].min(-1)).any()
+        mask[y0:y1] = tissue_mask(rgb, cfg)[y0 - a:y1 - a]
+    return mask, grey
