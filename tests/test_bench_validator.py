@@ -15,10 +15,13 @@ def test_bench_validator_counts_agree(capsys):
     for row in out["per_size"].values():
         assert set(row) == {"int64", "uint8"}
         for cell in row.values():
-            assert {"ours", "ours (torch inputs)", "numpy bincount", "numpy copy"} == set(cell["mpix_per_s"])
+            assert {"ours", "ours (torch inputs)", "numpy bincount", "numpy copy", "counting floor"} == set(
+                cell["mpix_per_s"])
             m = cell["mpix_per_s"]
             assert abs(cell["ratio_vs_numpy_bincount"] - m["ours"] / m["numpy bincount"]) < 0.01 * cell[
                 "ratio_vs_numpy_bincount"] + 0.01
             assert cell["bandwidth_fraction"] > 0 and cell["read_gb_per_s"]["ours"] > 0
+            assert abs(cell["floor_bandwidth_fraction"] - m["counting floor"] / m["numpy copy"]) < 0.01 * cell[
+                "floor_bandwidth_fraction"] + 0.01
     assert {">=1.0x numpy bincount (every size and dtype)", ">=0.5 of numpy copy bandwidth (every size and dtype)"
             } <= set(out["goals_met"])

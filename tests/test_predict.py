@@ -4,6 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from scipy import ndimage
 
@@ -275,3 +276,58 @@ def test_predict_tissue_mask_gives_glass_the_ignore_id_and_keeps_it_out_of_heatm
     assert main(["--release", str(bundle), "--input", str(tmp_path / "t.png"), "--out", str(tmp_path / "n"),
                  "--no-rle", "--no-tissue-mask"]) == 0
     assert (_png(tmp_path / "n/labels/t.png") > 0).all()
+
+
+class _ConvModel(torch.nn.Module):
+    """A stand-in with what semantic_predict_fn needs (preprocess, forward, parameters): an asymmetric conv,
+    so its predictions change under flips as a random SAM2 head's would."""
+
+    image_size = 32
+
+    def __init__(self, classes=3):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, classes, 5, padding=2)
+
+    def preprocess(self, tiles):
+        return torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 64.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_tta_averages_the_flips_of_every_window(monkeypatch):
+    """eval.tta: each window's probabilities are the mean of its four flips, flipped back (an oracle loop per
+    window and flip); so a flipped tile gets the flipped prediction, which the plain model does not."""
+    from sam_histo.infer.image import semantic_predict_fn
+
+    model = _ConvModel()
+    tiles = np.stack([_image(32, 32, seed) for seed in (1, 2)])
+    plain, tta = semantic_predict_fn(model, 0), semantic_predict_fn(model, 0, tta=True)
+    oracle = np.zeros((2, 3, 32, 32), np.float64)
+    for i in range(2):
+        for axes in ((), (1,), (0,), (0, 1)):
+            view = np.flip(tiles[i], axes) if axes else tiles[i]
+            p = plain(np.ascontiguousarray(view)[None])[0]
+            oracle[i] += np.flip(p, tuple(a + 1 for a in axes)) if axes else p
+    got = tta(tiles)
+    assert got.shape == (2, 3, 32, 32) and got.dtype == np.float32 and (got[:, 0] == 0).all()  # 0 ignored
+    np.testing.assert_allclose(got, oracle / 4, atol=1e-6)
+    flipped = np.ascontiguousarray(tiles[:, :, ::-1])
+    np.testing.assert_allclose(tta(flipped), got[:, :, :, ::-1], atol=1e-6)
+    assert np.abs(plain(flipped) - plain(tiles)[:, :, :, ::-1]).max() > 0.05  # the plain model is not symmetric
+
+
+@pytest.mark.parametrize("flag, want", [([], False), (["--tta"], True)])
+def test_predict_tta_flag_reaches_every_semantic_path(bundle, tmp_path, monkeypatch, flag, want):
+    """--tta (default: the release's eval.tta, false) reaches the streamed and the whole-image paths."""
+    from sam_histo.infer import image as image_mod
+
+    seen, real = [], image_mod.semantic_predict_fn
+    monkeypatch.setattr(image_mod, "semantic_predict_fn", lambda *a, **k: seen.append(k.get("tta", a[3:4] == (True,)))
+                        or real(*a, **k))
+    Image.fromarray(_image(90, 80, 5)).save(tmp_path / "big.png")  # streams (at least one window)
+    Image.fromarray(_image(40, 30, 6)).save(tmp_path / "small.png")  # smaller than a window: whole image
+    assert main(["--release", str(bundle), "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--no-rle",
+                 *flag]) == 0
+    assert len(seen) == 2 and set(seen) == {want}

@@ -185,7 +185,7 @@ def score_tiles(model, cfg, tiles, min_area: float) -> tuple[list[dict], dict]:
             t = at_magnification(tile, scale)
             t0 = time.perf_counter()
             probs = semantic_probs(model, t.image, 2, None, cfg.eval.window_overlap, cfg.eval.batch_size,
-                                   mpp=t.mpp, target_mpp=cfg.model.target_mpp)
+                                   mpp=t.mpp, target_mpp=cfg.model.target_mpp, tta=cfg.eval.tta)
             t1 = time.perf_counter()
             base = otsu_nuclei(t.image, t.mpp, min_area)
             t2 = time.perf_counter()

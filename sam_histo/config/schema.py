@@ -251,6 +251,7 @@ class EvalConfig:
     split: Literal["train", "val", "test"] = "val"
     window_overlap: float = 0.25
     batch_size: int = 4
+    tta: bool = False  # semantic: every window also predicted flipped (3 flips), probabilities averaged; 4x cost
     prompt_seed: int = 1234  # validation prompts are a function of (prompt_seed, sample index)
     max_objects: int = 256  # prompted validation: objects prompted per tile (all components up to this)
     instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes

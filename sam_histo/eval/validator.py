@@ -77,7 +77,7 @@ class SplitPredictor:
         if self.setup.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
                                    ev.window_overlap, ev.batch_size, mpp=sample.mpp,
-                                   target_mpp=self.setup.target_mpp)
+                                   target_mpp=self.setup.target_mpp, tta=ev.tta)
             return sample, probs.argmax(0).astype(np.int64), probs
         prompts = make_prompts(sample.mask, self.classes, self.setup.prompts, prompt_rng(ev.prompt_seed, index),
                                instances=sample.instances)

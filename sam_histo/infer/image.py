@@ -25,12 +25,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtype=None):
-    """A ``predict_fn`` for sliding_window: uint8 tiles (B, S, S, 3) -> float32 probabilities (B, C, S, S)."""
+# Test-time views of a window batch (B, S, S, ...): each flip is its own inverse.
+FLIPS = (lambda a: a, lambda a: a[:, :, ::-1], lambda a: a[:, ::-1], lambda a: a[:, ::-1, ::-1])
+
+
+def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtype=None, tta: bool = False):
+    """A ``predict_fn`` for sliding_window: uint8 tiles (B, S, S, 3) -> float32 probabilities (B, C, S, S).
+
+    ``tta``: each window is also predicted flipped left-right, up-down and both, in one model call of 4B
+    windows, and the four probability maps, flipped back, are averaged (4x the cost)."""
     device = model_device(model)
 
     @torch.no_grad()
-    def predict(tiles: np.ndarray) -> np.ndarray:
+    def probs(tiles: np.ndarray) -> np.ndarray:
         pixels = model.preprocess(np.ascontiguousarray(tiles))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(pixels).float()
@@ -38,15 +45,24 @@ def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtyp
             logits[:, ignore_index] = float("-inf")
         return logits.softmax(dim=1).cpu().numpy()
 
+    def predict(tiles: np.ndarray) -> np.ndarray:
+        if not tta:
+            return probs(tiles)
+        b = len(tiles)
+        out = probs(np.concatenate([f(tiles) for f in FLIPS]))  # (4B, C, S, S)
+        views = [f(out[k * b:(k + 1) * b].transpose(0, 2, 3, 1)) for k, f in enumerate(FLIPS)]  # back, (B,S,S,C)
+        return np.ascontiguousarray((sum(views) / len(FLIPS)).transpose(0, 3, 1, 2), dtype=np.float32)
+
     return predict
 
 
 def semantic_probs(model, image: np.ndarray, num_classes: int, ignore_index: Optional[int] = None,
                    overlap: float = 0.25, batch_size: int = 4, autocast_dtype=None, *,
-                   mpp: Optional[float] = None, target_mpp: Optional[float] = None) -> np.ndarray:
+                   mpp: Optional[float] = None, target_mpp: Optional[float] = None, tta: bool = False) -> np.ndarray:
     """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3) of any size; with both ``mpp``
-    (the image's) and ``target_mpp`` (the model's) known, computed at the target and brought back."""
-    fn = semantic_predict_fn(model, ignore_index, autocast_dtype)
+    (the image's) and ``target_mpp`` (the model's) known, computed at the target and brought back. ``tta``:
+    flips of every window averaged (``semantic_predict_fn``)."""
+    fn = semantic_predict_fn(model, ignore_index, autocast_dtype, tta)
     return at_resolution(lambda im: sliding_window(im, fn, model.image_size, overlap, batch_size, num_classes),
                          image, mpp, target_mpp)
 

@@ -40,7 +40,8 @@ def _semantic(release, overlap: float, batch_size: int):
     classes = release.classes
 
     def predict(image: np.ndarray):
-        probs = semantic_probs(release.model, image, classes.num_classes, classes.ignore_index, overlap, batch_size)
+        probs = semantic_probs(release.model, image, classes.num_classes, classes.ignore_index, overlap, batch_size,
+                               tta=release.config.eval.tta)
         return probs.argmax(0).astype(np.int64), probs
 
     return predict
@@ -233,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rle", action=argparse.BooleanOptionalAction, default=True, help="COCO-style RLE JSON")
     p.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default eval.window_overlap)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per model call (default eval.batch_size)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="semantic: average each window's flips (4x the time; default the release's eval.tta)")
     p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of inputs whose name (MPP-0.25) and TIFF tags say none")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (memory)")
@@ -281,6 +284,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise PredictError(str(e)) from None
     if args.overrides:
         _apply_overrides(release, args.overrides)
+    if args.tta is not None:
+        release.config.eval.tta = args.tta
     classes = release.classes
     if args.heatmap_class is not None and args.heatmap_class not in classes.trained_names:
         raise PredictError(f"--heatmap-class {args.heatmap_class!r} is not a class of this release "

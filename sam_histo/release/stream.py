@@ -99,7 +99,7 @@ def _predict_bands(release, src: ImageRows, o: Outputs, prob_ids: list[int], ove
     hid = classes.id_of(o.heatmap_class) if o.heatmap_class else None
     ok = False
     try:
-        fn = semantic_predict_fn(model, classes.ignore_index)
+        fn = semantic_predict_fn(model, classes.ignore_index, tta=release.config.eval.tta)
         for y0, y1, p, _ in sliding_window_rows(src.rows, h, w, fn, model.image_size, overlap, batch_size, c):
             lab = p.argmax(0)
             if tissue is not None:
