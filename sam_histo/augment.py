@@ -113,6 +113,9 @@ def _photometric(aug: AugmentConfig, fill: float) -> list:
     if aug.blur > 0:
         lo, hi = aug.blur_sigma
         ops.append(A.GaussianBlur(blur_limit=0, sigma_limit=(lo, hi), p=aug.blur))
+    if aug.downscale > 0:  # a scan at lower resolution seen at the model's: area down, bilinear back up
+        ops.append(A.Downscale(scale_range=tuple(aug.downscale_range), p=aug.downscale,
+                               interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}))
     if aug.noise > 0:
         lo, hi = aug.noise_std
         ops.append(A.GaussNoise(std_range=(lo, hi), p=aug.noise))

@@ -99,6 +99,10 @@ def _check_resolution(cfg: Config) -> None:
     if len(rng) != 2 or not 0 < rng[0] <= rng[1] or rng[1] / rng[0] > 16:
         raise ConfigError(f"augment.scale_range={rng} must be [low, high] with 0 < low <= high <= 16 x low "
                           "(relative resolution; [1, 1] = off)")
+    low = cfg.augment.downscale_range
+    if len(low) != 2 or not 0.05 <= low[0] <= low[1] <= 1:
+        raise ConfigError(f"augment.downscale_range={low} must be [low, high] with 0.05 <= low <= high <= 1 "
+                          "(the downscale factor; 0.5 = a 20x look at a 40x grid)")
 
 
 def _check_data_rules(cfg: Config) -> None:

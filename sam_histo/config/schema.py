@@ -171,6 +171,10 @@ class AugmentConfig:
     contrast: float = 0.2  # +- fraction
     blur: float = 0.0
     blur_sigma: list[float] = field(default_factory=lambda: [0.1, 2.0])
+    # probability of a lower-resolution look at the same grid (downscaled by s, then back; s drawn from the
+    # range): what a 20x tile resampled to a 40x model's target_mpp looks like
+    downscale: float = 0.0
+    downscale_range: list[float] = field(default_factory=lambda: [0.5, 1.0])
     noise: float = 0.0  # Gaussian noise probability
     noise_std: list[float] = field(default_factory=lambda: [0.02, 0.08])  # fraction of 255
     cutout: float = 0.0  # cutout probability
