@@ -26,7 +26,7 @@ SUBSTITUTIONS (regex -> replacement, applied in order to each command's text):
 | `/data/BCSS`, `/data/LGG` | `data/bcss`, `data/lgg` | synthetic BCSS (6 ROIs, 128 px) and LGG (64 px) written by FIXTURES |
 | `/data/nuclei`, `/data/monuseg/Test_Folder` | `data/nuclei` | 6 synthetic 96 px nucleus tiles in the MoNuSeg layout (img/*.tif + labelcol/*.png, 0/255) |
 | `model.checkpoint=sam2.1_hiera_large` | `model.checkpoint=sam2.1_hiera_tiny` | the manifest name of the tiny .pt (no large weights offline) |
-| `sam-histo bench learn` | `... --data data/nuclei --folds 2 --max-folds 1 --epochs 1` and 2 steps an epoch | the benchmark's whole path on the nucleus fixture in seconds; README options after it still win |
+| `sam-histo bench learn` | `... --data data/nuclei --folds 2 --epochs 1` and 2 steps an epoch (both folds at once, `--jobs` 2) | the benchmark's whole path on the nucleus fixture in seconds; README options after it still win |
 | `--config configs/X.yaml` (train, validate, zeroshot, em, stats) | the same, followed by TINY[X] | a 0.7 M-parameter random-init SAM2 at 64 px, 2 epochs of 2 steps; README overrides come after and win |
 | `model.arch=sam2.1_hiera_l`, `model.arch=hiera_b+` (training lines) | dropped | TINY's `model.arch=tiny` stays |
 | `model.checkpoint=/models/sam2.1_hiera_large.pt` | `model.checkpoint=sam2.1_hiera_tiny` | the manifest name, which the fake manifest points at a tiny .pt |
@@ -76,7 +76,7 @@ SUBSTITUTIONS: list[tuple[str, str]] = [
     (r"/data/LGG", "data/lgg"),
     (r"/data/nuclei|/data/monuseg/Test_Folder", "data/nuclei"),
     (r"model\.checkpoint=sam2\.1_hiera_large\b", "model.checkpoint=sam2.1_hiera_tiny"),
-    (r"^sam-histo bench learn", "sam-histo bench learn --data data/nuclei --folds 2 --max-folds 1 --epochs 1 "
+    (r"^sam-histo bench learn", "sam-histo bench learn --data data/nuclei --folds 2 --epochs 1 "
                                 "--set sampling.iter_per_epoch=2 --set train.batch_size=2 --set model.image_size=64"),
     (r" model\.arch=(sam2\.1_hiera_l|hiera_b\+)(?= model\.checkpoint| name=| clip\.)", ""),
     (r"model\.checkpoint=/models/sam2\.1_hiera_large\.pt", "model.checkpoint=sam2.1_hiera_tiny"),

@@ -18,6 +18,8 @@ temporary folder; nothing is written into the data folder or the project.
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -42,6 +44,10 @@ def default_data() -> Path:
     return project.parent / SHARED
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 PAIRS = (("Test_Folder/img", "Test_Folder/labelcol"), ("img", "labelcol"), ("images", "masks"))
 MAGS = {"40x": 1.0, "20x": 0.5}  # simulated magnification -> scale of the native tile
 
@@ -57,8 +63,10 @@ def add_arguments(parser) -> None:
                         help="um/px of tiles whose name and TIFF tags give none (MoNuSeg: 40x, 0.25)")
     parser.add_argument("--min-area", type=float, default=2.0, help="baseline: smallest nucleus in um^2")
     parser.add_argument("--seed", type=int, default=0, help="fold assignment and training seed")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is steadiest on a "
-                        "shared CPU: 2 threads on 2 busy cores ran ~20x slower)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per fold (1 is steadiest "
+                        "on a shared CPU: 2 threads on 2 busy cores ran ~20x slower)")
+    parser.add_argument("--jobs", type=int, default=min(2, _cores()),
+                        help="folds trained at once, one process each (default: 2, or 1 on a one-core machine)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for training (repeatable)")
 
@@ -224,8 +232,44 @@ def format_table(out: dict) -> str:
     return "\n".join(lines + [
         "", f"ratio (ours / Otsu, mean Dice, both magnifications): {out['ratio']:.3f}; smallest fold margin: "
             f"{margins}; goal >= +0.03 at both: {'met' if out['goal_met'] else 'NOT met'}",
-        f"{out['tiles']} tiles, {folds} of {out['folds']} folds, {out['wall_s']:.0f} s wall "
+        f"{out['tiles']} tiles, {folds} of {out['folds']} folds ({out['jobs']} at a time), {out['wall_s']:.0f} s wall "
         f"({out['train_s']:.0f} s training, {out['cpu_s']:.0f} s CPU); {out['machine']}"])
+
+
+def _fold(args, pairs, tiles, held: list[int], work: Path, fold: int):
+    """Train one fold and score its held-out tiles: (rows, training seconds, scoring seconds, target mpp)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model, cfg, seconds = train_fold(args, pairs, [i for i in range(len(tiles)) if i not in held], work, fold)
+    rows, took = score_tiles(model, cfg, [tiles[i] for i in held], args.min_area)
+    return rows, seconds, took, cfg.model.target_mpp
+
+
+def _run_folds(args, pairs, tiles, folds, work: Path) -> dict:
+    """{fold: _fold(...)}, ``--jobs`` folds at a time in their own processes (one in this process)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    def report(f, res):
+        fold_means = summarise([res[0]])
+        print(f"fold {f}: " + ", ".join(f"{m} ours {v['ours_mean']:.3f} Otsu {v['baseline_mean']:.3f}"
+                                      for m, v in fold_means.items()) + f" ({res[1]:.0f} s training)",
+              file=sys.stderr, flush=True)
+
+    done = {}
+    if args.jobs <= 1 or len(folds) == 1:
+        for f, held in enumerate(folds):
+            done[f] = _fold(args, pairs, tiles, held, work, f)
+            report(f, done[f])
+        return done
+    with ProcessPoolExecutor(min(args.jobs, len(folds)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_fold, args, pairs, tiles, held, work, f): f for f, held in enumerate(folds)}
+        for future in as_completed(futures):
+            f = futures[future]
+            done[f] = future.result()
+            report(f, done[f])
+    return done
 
 
 def run(args) -> dict:
@@ -236,24 +280,16 @@ def run(args) -> dict:
     args.data = args.data or default_data()
     pairs = find_pairs(args.data)
     tiles = load_tiles(pairs, args.mpp)
-    folds = folds_by_tile(len(tiles), args.folds, args.seed)
+    folds = folds_by_tile(len(tiles), args.folds, args.seed)[: args.max_folds or args.folds]
     work = Path(tempfile.mkdtemp(prefix="bench_learn_"))
-    per_fold, train_s, spent, rows_all = [], 0.0, {"ours": 0.0, "peer": 0.0}, []
     try:
-        for f, held in enumerate(folds[: args.max_folds or len(folds)]):
-            train_idx = [i for i in range(len(tiles)) if i not in held]
-            model, cfg, seconds = train_fold(args, pairs, train_idx, work, f)
-            train_s += seconds
-            rows, took = score_tiles(model, cfg, [tiles[i] for i in held], args.min_area)
-            per_fold.append(rows)
-            fold_means = {m: summarise([rows])[m] for m in MAGS}
-            print(f"fold {f}: " + ", ".join(f"{m} ours {v['ours_mean']:.3f} Otsu {v['baseline_mean']:.3f}"
-                                          for m, v in fold_means.items())
-                  + f" ({seconds:.0f} s training)", file=sys.stderr, flush=True)
-            rows_all += [{**r, "fold": f} for r in rows]
-            spent = {k: spent[k] + took[k] for k in spent}
+        done = _run_folds(args, pairs, tiles, folds, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    per_fold = [done[f][0] for f in range(len(folds))]
+    rows_all = [{**r, "fold": f} for f, rows in enumerate(per_fold) for r in rows]
+    spent = {k: sum(done[f][2][k] for f in done) for k in ("ours", "peer")}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     dice_summary = summarise(per_fold)
     ours = np.mean([r["ours"] for r in rows_all])
     base = np.mean([r["baseline"] for r in rows_all])
@@ -261,9 +297,9 @@ def run(args) -> dict:
     out = result("learn", n_scored / max(spent["ours"], 1e-9), "hematoxylin (skimage rgb2hed) + Otsu + "
                  f"small-object removal (< {args.min_area} um^2)", n_scored / max(spent["peer"], 1e-9),
                  "same held-out tiles, same magnifications, same run", data=str(args.data), tiles=len(tiles),
-                 folds=args.folds, config=args.config, target_mpp=cfg.model.target_mpp, dice=dice_summary,
-                 per_tile=rows_all, train_s=train_s, wall_s=time.perf_counter() - t0,
-                 cpu_s=time.process_time() - c0,
+                 folds=args.folds, config=args.config, target_mpp=done[0][3], dice=dice_summary,
+                 per_tile=rows_all, train_s=sum(done[f][1] for f in done), wall_s=time.perf_counter() - t0,
+                 cpu_s=time.process_time() - c0 + children.ru_utime + children.ru_stime, jobs=args.jobs,
                  goal_met=all(dice_summary[m]["margin_min"] >= 0.03 for m in MAGS))
     out["ratio"] = float(ours / base) if base else float("nan")
     out["ours_dice"], out["baseline_dice"] = float(ours), float(base)
