@@ -95,6 +95,6 @@ def test_dice_folds_and_the_table():
     s = learn.summarise(rows)
     assert s["40x"]["ours"] == [0.8, 0.7] and s["20x"]["margin_min"] == pytest.approx(0.02)
     out = {"dice": s, "ratio": 1.1, "goal_met": False, "tiles": 4, "folds": 2, "wall_s": 1.0, "train_s": 0.5,
-           "cpu_s": 1.0, "machine": "test"}
+           "cpu_s": 1.0, "machine": "test", "jobs": 2}
     table = learn.format_table(out)
-    assert "| 1 | 0.700 | 0.600 | 0.620 | 0.600 |" in table and "NOT met" in table
+    assert "| 1 | 0.700 | 0.600 | 0.620 | 0.600 |" in table and "NOT met" in table and "(2 at a time)" in table

@@ -292,3 +292,26 @@ def test_downscale_augmentation_is_a_lower_resolution_look_at_the_same_grid():
     np.testing.assert_array_equal(off(image=image, mask=mask)["image"], image)
     with pytest.raises(ConfigError, match=r"augment.downscale_range=\[0.5, 2.0\] must be \[low, high\]"):
         load_config("demo", ["augment.downscale_range=[0.5, 2.0]"])
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_shrunk_labels_take_each_footprints_majority_aligned_with_the_shrunk_image(k):
+    """Shrinking by an integer k: each new pixel's id is the most common id of its k x k block (an oracle
+    loop; ties to the smaller id), the block the area-averaged image pixel is made of; nearest would take a
+    corner pixel instead. Instance-sized id sets keep nearest."""
+    rng = np.random.default_rng(k)
+    labels = rng.integers(0, 4, (9 * k, 7 * k)).astype(np.int64)
+    got = R.resample_labels(labels, 1.0 / k)
+    want = np.empty((9, 7), np.int64)
+    for i in range(9):
+        for j in range(7):
+            want[i, j] = np.bincount(labels[i * k:(i + 1) * k, j * k:(j + 1) * k].ravel(), minlength=4).argmax()
+    assert got.dtype == labels.dtype
+    np.testing.assert_array_equal(got, want)
+    # a vertical edge one old pixel right of a block start: the image says mostly left, and so do the labels
+    edge = np.zeros((4 * k, 4 * k), np.uint8)
+    edge[:, 1:] = 1
+    image = (edge * 200).astype(np.uint8)
+    np.testing.assert_array_equal(R.resample_labels(edge, 1.0 / k), R.resample_image(image, 1.0 / k) > 100)
+    many = rng.permutation(64 * k * k).reshape(8 * k, 8 * k)  # more than VOTE_MAX_IDS ids
+    np.testing.assert_array_equal(R.resample_labels(many, 1.0 / k), many[::k, ::k])  # nearest: the corner

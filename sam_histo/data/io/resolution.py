@@ -13,7 +13,8 @@ Where a tile's mpp comes from, first found wins (``resolve_mpp``):
 
 Resampling (``resample_image`` / ``resample_labels``) scales by ``factor`` = new pixels per old pixel =
 mpp / target_mpp: images with area averaging when shrinking and bilinear interpolation when enlarging,
-label maps with nearest neighbour, so ids are never blended. ``to_size`` brings a (C, H, W) probability
+label maps by a plurality vote over each new pixel's footprint when shrinking (aligned with the area-averaged
+image) and nearest neighbour when enlarging, so ids are never blended. ``to_size`` brings a (C, H, W) probability
 map back to an exact (H, W) grid with bilinear interpolation.
 """
 from __future__ import annotations
@@ -157,14 +158,29 @@ def resample_image(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, (nw, nh), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
 
 
+# Shrinking a map with at most this many distinct ids is a vote (class maps); more (instance maps) is nearest.
+VOTE_MAX_IDS = 64
+
+
 def resample_labels(labels: np.ndarray, factor: float = 1.0, size: Optional[tuple[int, int]] = None) -> np.ndarray:
-    """An (H, W) integer label map scaled by ``factor`` (or to ``size`` = (h, w)) with nearest neighbour."""
+    """An (H, W) integer label map scaled by ``factor`` (or to ``size`` = (h, w)).
+
+    Enlarging: nearest neighbour. Shrinking a map of at most ``VOTE_MAX_IDS`` ids: each new pixel takes the id
+    covering most of its footprint (every id's indicator area-averaged as ``resample_image`` averages the
+    pixels, then the argmax; ties go to the smaller id), so labels stay aligned with the shrunk image.
+    Nearest would pick one corner sample of each footprint: half an old pixel off the image at 2x, which
+    cost a 20x nucleus Dice 0.005-0.009 against labels drawn at 40x. Maps with more ids (instances): nearest.
+    """
     import cv2
 
     h, w = labels.shape[:2]
     nh, nw = size if size is not None else scaled_size(h, w, factor)
     if (nh, nw) == (h, w):
         return labels
+    if nh <= h and nw <= w:
+        ids = np.unique(labels)
+        if len(ids) <= VOTE_MAX_IDS:
+            return _vote(labels, ids, nh, nw)
     dtype = labels.dtype
     work = labels
     if dtype not in (np.uint8, np.uint16, np.int16, np.int32):
@@ -173,6 +189,19 @@ def resample_labels(labels: np.ndarray, factor: float = 1.0, size: Optional[tupl
         work = labels.astype(np.int32)
     out = cv2.resize(work, (nw, nh), interpolation=cv2.INTER_NEAREST)
     return out.astype(dtype, copy=False)
+
+
+def _vote(labels: np.ndarray, ids: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    import cv2
+
+    out = np.full((nh, nw), ids[0], labels.dtype)
+    best = np.full((nh, nw), -1.0, np.float32)
+    for v in ids:
+        share = cv2.resize((labels == v).astype(np.float32), (nw, nh), interpolation=cv2.INTER_AREA)
+        wins = share > best
+        out[wins] = v
+        np.maximum(best, share, out=best)
+    return out
 
 
 def to_size(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
