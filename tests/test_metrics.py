@@ -58,7 +58,7 @@ def _plain_bincount(pred, target, n, ignore):
     return c
 
 
-@pytest.mark.parametrize("min_pixels", [0, 1 << 14])  # pair counting at every size / only above 16k pixels
+@pytest.mark.parametrize("min_pixels", [0, 1 << 20])  # pair counting at every size / never
 @pytest.mark.parametrize("chunk", [7, 64, 1 << 17])  # several chunks, odd chunks, one chunk
 def test_fast_path_equals_plain_bincount(monkeypatch, chunk, min_pixels):
     monkeypatch.setattr(counting, "_CHUNK", chunk)
@@ -78,7 +78,7 @@ def test_fast_path_equals_plain_bincount(monkeypatch, chunk, min_pixels):
                                       _plain_bincount(big_p.T[:, ::3], big_t[:, ::3], n, None))
 
 
-@pytest.mark.parametrize("min_pixels", [0, 1 << 14])
+@pytest.mark.parametrize("min_pixels", [0, 1 << 20])
 @pytest.mark.parametrize("chunk", [64, 1 << 17])
 def test_fast_path_refuses_an_out_of_range_id_anywhere(monkeypatch, chunk, min_pixels):
     """One bad pixel, last of 1000, is found whatever the dtype (a uint8 cast would wrap 256 to a valid 0)."""
