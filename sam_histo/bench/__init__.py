@@ -9,10 +9,12 @@ printed without ``--json``. ``learn`` measures quality, not speed: its ``ratio``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
+import sys
 import time
 from sam_histo.config.argv import first_paragraph
 
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"sam_histo.bench.{args.name}")
     except ModuleNotFoundError:
         parser.error(f"benchmark {args.name!r} is not implemented yet")
-    out = module.run(args)
+    with contextlib.redirect_stdout(sys.stderr):  # what the benchmarked code prints must not mix with --json
+        out = module.run(args)
     if args.json:
         print(json.dumps(out))
     elif hasattr(module, "format_table"):

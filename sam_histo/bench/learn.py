@@ -174,7 +174,7 @@ def train_fold(args, pairs, train_idx, work: Path, fold: int):
         overrides.append(f"train.epochs={args.epochs}")
     cfg = load_config(args.config, overrides)
     t0 = time.perf_counter()
-    with contextlib.redirect_stdout(sys.stderr):  # the trainer's lines must not mix with --json on stdout
+    with contextlib.redirect_stdout(sys.stderr):  # also in the fold processes, whose stdout is the real one
         out = train(cfg)
     seconds = time.perf_counter() - t0
     if out.get("status") != "finished":

@@ -17,7 +17,6 @@ bounded. ``agreement`` says whether every run wrote a label map of its input's s
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -59,8 +58,7 @@ def build_release(root: Path, image_size: int) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the bench's own output
-            status = train(cfg)["status"]
+        status = train(cfg)["status"]  # its lines go to stderr (bench.main redirects stdout while running)
     finally:
         torch.set_num_threads(threads)
     if status != "finished":
