@@ -308,6 +308,7 @@ def test_shrunk_labels_take_each_footprints_majority_aligned_with_the_shrunk_ima
             want[i, j] = np.bincount(labels[i * k:(i + 1) * k, j * k:(j + 1) * k].ravel(), minlength=4).argmax()
     assert got.dtype == labels.dtype
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(R.resample_labels(labels - 2, 1.0 / k), want - 2)  # negative ids: np.unique
     # a vertical edge one old pixel right of a block start: the image says mostly left, and so do the labels
     edge = np.zeros((4 * k, 4 * k), np.uint8)
     edge[:, 1:] = 1

@@ -142,7 +142,7 @@ def _sceptic(C: int, K: int, pred: torch.Tensor, target: torch.Tensor, dtype: st
     codes = (t_np.astype(np.uint8) * C + p_np.astype(np.uint8)).reshape(-1)
     singles = torch.from_numpy(codes)
     pairs = torch.from_numpy(codes[: codes.size // 2 * 2].view(np.int16))
-    paired = C * C <= counting._PAIRED_MAX_CODES and codes.size >= counting._PAIRED_MIN_PIXELS
+    paired = counting.counts_pairs(codes.size, C)
 
     def floor():
         return torch.bincount(pairs, minlength=256 * C * C) if paired else torch.bincount(singles, minlength=C * C)

@@ -207,7 +207,7 @@ def predict_images(release, todo, image_ids: dict, resolution: dict, args) -> in
             masking = Masking(release.config.data.tissue, glass, tissue_png(args.out, o.key)) if tissue_on else None
             grey = predict_one_streamed(release, f, o, prob_ids, args, masking, image_ids[o.key])
             if grey is not None:
-                unmasked += int(grey and tissue_on)
+                unmasked += int(grey)  # True only when masking was asked for
                 continue
         predictor = predictor or make_predictor(release, args.overlap, args.batch_size)
         image = read_image(f, args.max_pixels)

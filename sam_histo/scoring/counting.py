@@ -110,6 +110,11 @@ def _narrow(x: np.ndarray, num_classes: int, name: str) -> np.ndarray:
     return x
 
 
+def counts_pairs(n_pixels: int, num_classes: int) -> bool:
+    """Whether the CPU path counts two pixels per increment for maps of this size and class count."""
+    return num_classes * num_classes <= _PAIRED_MAX_CODES and n_pixels >= _PAIRED_MIN_PIXELS
+
+
 def _paired_counts(p: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray:
     """(C*C,) int64 counts of the codes ``t * C + p`` for C*C <= 128, counting two pixels per increment.
 
@@ -149,12 +154,8 @@ def _counts_cpu(p: np.ndarray, t: np.ndarray, num_classes: int) -> np.ndarray:
     threaded element-wise ops stall), torch.bincount for the counting (about 2x numpy's, which first copies
     its input to int64).
     """
-    if num_classes * num_classes <= _PAIRED_MAX_CODES:
-        if t.size >= _PAIRED_MIN_PIXELS:
-            return _paired_counts(p, t, num_classes)
-        code = _narrow(t, num_classes, "target") * np.uint8(num_classes)  # small: one chunk, a fresh array
-        code += _narrow(p, num_classes, "pred")
-        return torch.bincount(torch.from_numpy(code.reshape(-1)), minlength=num_classes * num_classes).numpy()
+    if counts_pairs(t.size, num_classes):
+        return _paired_counts(p, t, num_classes)
     dtype = np.dtype(_index_dtype(num_classes * num_classes))
     idx = _checked_cast(t, dtype, num_classes, "target")
     if idx is t:  # no copy was made: never write into the caller's array
@@ -181,8 +182,9 @@ def confusion_counts(pred: Array, target: Array, num_classes: int, ignore_index:
 
     Speed: one ``target * C + pred`` and one ``bincount``; ignore pixels need no boolean mask because they
     all land in row ``ignore_index``, which is zeroed afterwards. On the CPU the maps are narrowed to uint8
-    (range checked) chunk by chunk so each chunk is read from memory once, and for C <= 11 two pixels'
-    codes are counted per increment (see ``_paired_counts``). For C <= 16 the index fits in uint8.
+    (range checked) chunk by chunk so each chunk is read from memory once, and for C <= 11 on maps of 12 k
+    pixels or more two pixels' codes are counted per increment (see ``_paired_counts``). For C <= 16 the
+    index fits in uint8.
     """
     if ignore_index is not None and not 0 <= ignore_index < num_classes:
         raise ValueError(f"ignore_index {ignore_index} is not an id in 0..{num_classes - 1}")
