@@ -331,3 +331,50 @@ def test_predict_tta_flag_reaches_every_semantic_path(bundle, tmp_path, monkeypa
     assert main(["--release", str(bundle), "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--no-rle",
                  *flag]) == 0
     assert len(seen) == 2 and set(seen) == {want}
+
+
+def _with_eval(release, **changes):
+    import dataclasses
+
+    cfg = release.config
+    return dataclasses.replace(release, config=dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, **changes)))
+
+
+def test_multi_scale_tta_is_the_mean_of_predictions_at_each_pretended_resolution():
+    """eval.tta_scales: the image resized by each scale, predicted and brought back, averaged; the same as
+    predicting it once per scale as if its microns per pixel were scale x the model's."""
+    from sam_histo.infer.image import semantic_probs
+
+    model, image, scales = _ConvModel(), _image(70, 90, 11), [0.8, 1.0, 1.25]
+    got = semantic_probs(model, image, 3, 0, scales=scales)
+    one_by_one = [semantic_probs(model, image, 3, 0, mpp=0.5 * s, target_mpp=0.5) for s in scales]
+    assert got.shape == (3, 70, 90) and got.dtype == np.float32 and (got[0] == 0).all()
+    np.testing.assert_allclose(got, np.mean(one_by_one, 0), atol=1e-6)
+    np.testing.assert_allclose(got.sum(0), 1, atol=1e-5)
+    assert np.abs(got - one_by_one[1]).max() > 0.05  # the other scales changed it
+    np.testing.assert_array_equal(semantic_probs(model, image, 3, 0, scales=[1.0]), one_by_one[1])
+
+
+def test_predict_cleans_small_regions_and_both_options_take_the_whole_image_path(release):
+    """eval.min_region_um2: predict's label map has no region under that area (pixels at the image's mpp,
+    else the release's target or data mpp) and is the clean-up of the argmax; multi-scale TTA or clean-up
+    turn streaming off (both need the whole image)."""
+    from skimage.measure import label as regions
+
+    from sam_histo.infer.image import region_pixels
+    from sam_histo.infer.postprocess import absorb_small_regions
+    from sam_histo.release.predict import make_predictor
+    from sam_histo.release.stream import can_stream
+
+    image = _image(96, 96, 12)
+    plain_label, probs = make_predictor(release)(image)
+    cleaned = _with_eval(release, min_region_um2=4.0)
+    assert region_pixels(4.0, 0.5) == 16 and region_pixels(4.0, None, 0.25) == 64 and region_pixels(0, 0.5) == 0
+    label, probs2 = make_predictor(cleaned)(image, 0.5)
+    np.testing.assert_array_equal(probs2, probs)
+    np.testing.assert_array_equal(label, absorb_small_regions(probs.argmax(0), 16))
+    assert (label != plain_label).any() and (label != absorb_small_regions(probs.argmax(0), 64)).any()
+    before, after = (np.bincount(regions(m + 1, background=0, connectivity=1).ravel())[1:] for m in (plain_label, label))
+    assert (after < 16).sum() < (before < 16).sum() / 2  # one pass: a speck among specks may stay
+    assert can_stream(release, 96, 96)
+    assert not can_stream(cleaned, 96, 96) and not can_stream(_with_eval(release, tta_scales=[0.8, 1.0]), 96, 96)

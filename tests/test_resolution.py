@@ -269,6 +269,26 @@ def test_validate_predicts_at_the_target_and_scores_on_the_tile_grid(bcss_root):
     sample, pred, probs = SplitPredictor(net, adapter, EvalSetup.of(cfg))(0)
     assert sample.mpp == 0.25 and sample.mask.shape == (96, 96)
     assert pred.shape == (96, 96) and probs.shape == (adapter.classes.num_classes, 96, 96)
+    np.testing.assert_array_equal(pred, probs.argmax(0))
+
+
+def test_validate_cleans_small_regions_at_the_tile_resolution(bcss_root):
+    """eval.min_region_um2 in validation: the scored map is the clean-up of the argmax, its pixel count from
+    the tile's own mpp (BCSS names: 0.25 um/px), not the model's target."""
+    from sam_histo.data.dataset import build_dataset
+    from sam_histo.eval.validator import EvalSetup, SplitPredictor
+    from sam_histo.infer.postprocess import absorb_small_regions
+    from sam_histo.models.sam import build_sam
+
+    cfg = load_config("demo", [f"data.root={bcss_root}", "data.tile_size=96", "data.tile_stride=96",
+                               "model.image_size=64", "model.arch=tiny", "model.target_mpp=0.5",
+                               "eval.min_region_um2=1.0"])
+    adapter = build_dataset(cfg.data, "all")
+    net = build_sam(cfg.model, adapter.classes.num_classes).eval()
+    sample, pred, probs = SplitPredictor(net, adapter, EvalSetup.of(cfg))(0)
+    raw = probs.argmax(0)
+    np.testing.assert_array_equal(pred, absorb_small_regions(raw, 16))  # 1 um^2 at 0.25 um/px
+    assert (pred != raw).any() and (pred != absorb_small_regions(raw, 4)).any()  # at the target: 4 pixels
 
 
 def test_downscale_augmentation_is_a_lower_resolution_look_at_the_same_grid():

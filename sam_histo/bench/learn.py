@@ -185,21 +185,22 @@ def train_fold(args, pairs, train_idx, work: Path, fold: int):
 
 def score_tiles(model, cfg, tiles, min_area: float) -> tuple[list[dict], dict]:
     """Per held-out tile and magnification: our Dice and the baseline's; and the seconds each side took."""
-    from sam_histo.infer.image import semantic_probs
+    from sam_histo.infer.image import class_map, region_pixels, semantic_probs
 
-    rows, spent = [], {"ours": 0.0, "peer": 0.0}
+    rows, spent, ev = [], {"ours": 0.0, "peer": 0.0}, cfg.eval
     for tile in tiles:
         for mag, scale in MAGS.items():
             t = at_magnification(tile, scale)
             t0 = time.perf_counter()
-            probs = semantic_probs(model, t.image, 2, None, cfg.eval.window_overlap, cfg.eval.batch_size,
-                                   mpp=t.mpp, target_mpp=cfg.model.target_mpp, tta=cfg.eval.tta)
+            probs = semantic_probs(model, t.image, 2, None, ev.window_overlap, ev.batch_size, mpp=t.mpp,
+                                   target_mpp=cfg.model.target_mpp, tta=ev.tta, scales=ev.tta_scales)
+            label = class_map(probs, region_pixels(ev.min_region_um2, t.mpp, cfg.model.target_mpp))
             t1 = time.perf_counter()
             base = otsu_nuclei(t.image, t.mpp, min_area)
             t2 = time.perf_counter()
             spent["ours"] += t1 - t0
             spent["peer"] += t2 - t1
-            rows.append({"tile": Path(tile.source).stem, "mag": mag, "ours": dice(probs.argmax(0) == 1, t.mask),
+            rows.append({"tile": Path(tile.source).stem, "mag": mag, "ours": dice(label == 1, t.mask),
                          "baseline": dice(base, t.mask)})
     return rows, spent
 

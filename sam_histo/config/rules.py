@@ -82,12 +82,29 @@ def check_rules(cfg: Config) -> None:
         )
     if not 0 <= cfg.eval.window_overlap < 1:
         raise ConfigError(f"eval.window_overlap={cfg.eval.window_overlap} must be in [0, 1)")
+    _check_semantic_eval(cfg)
     _check_heatmap(cfg.heatmap, classes)
     _check_em(cfg.em)
     kind = dataset_kind(cfg.data.dataset)
     if not kind.stain and (cfg.augment.hed > 0 or cfg.augment.macenko > 0 or cfg.stain.method != "none"):
         raise ConfigError(f"{kind.name} ({kind.modality.upper()}) data takes no stain operations: set "
                           "augment.hed=0, augment.macenko=0, stain.method=none")
+
+
+def _check_semantic_eval(cfg: Config) -> None:
+    scales = cfg.eval.tta_scales
+    if not scales or not all(0.25 <= s <= 4 for s in scales) or len(set(scales)) != len(scales):
+        raise ConfigError(f"eval.tta_scales={scales} must list distinct relative scales in [0.25, 4] (e.g. "
+                          "[0.8, 1.0, 1.25]; [1.0] predicts once)")
+    area = cfg.eval.min_region_um2
+    if not 0 <= area <= 1e6:
+        raise ConfigError(f"eval.min_region_um2={area} must be square microns in [0, 1e6] (0 keeps every region)")
+    if area and cfg.model.target_mpp is None and cfg.data.mpp is None:
+        raise ConfigError(f"eval.min_region_um2={area} needs microns per pixel for images that carry none: set "
+                          "model.target_mpp or data.mpp, or eval.min_region_um2=0")
+    if (scales != [1.0] or area) and cfg.model.mode != "semantic":
+        raise ConfigError("eval.tta_scales and eval.min_region_um2 apply to semantic mode only: set "
+                          "eval.tta_scales=[1.0] and eval.min_region_um2=0, or model.mode=semantic")
 
 
 def _check_resolution(cfg: Config) -> None:

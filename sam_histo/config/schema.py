@@ -256,6 +256,13 @@ class EvalConfig:
     window_overlap: float = 0.25
     batch_size: int = 4
     tta: bool = False  # semantic: every window also predicted flipped (3 flips), probabilities averaged; 4x cost
+    # semantic: the image is also predicted at these relative scales (0.8: shrunk to 80 %), the probabilities
+    # brought back to its grid and averaged; [1.0] = once. Cost: the sum of the squared scales.
+    tta_scales: list[float] = field(default_factory=lambda: [1.0])
+    # semantic: every connected region of one class under this many square microns takes the class that
+    # borders it most (specks dropped, small holes filled); 0 = off. Pixels are converted at the image's
+    # microns per pixel, else model.target_mpp, else data.mpp.
+    min_region_um2: float = 0.0
     prompt_seed: int = 1234  # validation prompts are a function of (prompt_seed, sample index)
     max_objects: int = 256  # prompted validation: objects prompted per tile (all components up to this)
     instances: bool = False  # also instance metrics (adapted Rand, matched F1): vesicle volumes

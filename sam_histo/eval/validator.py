@@ -24,7 +24,7 @@ from sam_histo.data.types import ClassSpec
 from sam_histo.errors import MissingSplitError
 from sam_histo.zeroshot.class_map import unassigned_id
 from sam_histo.scoring.evaluator import Evaluator
-from sam_histo.infer.image import prompted_class_map, semantic_probs
+from sam_histo.infer.image import class_map, prompted_class_map, region_pixels, semantic_probs
 from sam_histo.config.argv import first_paragraph
 
 
@@ -77,8 +77,9 @@ class SplitPredictor:
         if self.setup.mode == "semantic":
             probs = semantic_probs(self.model, sample.image, self.classes.num_classes, self.classes.ignore_index,
                                    ev.window_overlap, ev.batch_size, mpp=sample.mpp,
-                                   target_mpp=self.setup.target_mpp, tta=ev.tta)
-            return sample, probs.argmax(0).astype(np.int64), probs
+                                   target_mpp=self.setup.target_mpp, tta=ev.tta, scales=ev.tta_scales)
+            pixels = region_pixels(ev.min_region_um2, sample.mpp, self.setup.target_mpp)
+            return sample, class_map(probs, pixels), probs
         prompts = make_prompts(sample.mask, self.classes, self.setup.prompts, prompt_rng(ev.prompt_seed, index),
                                instances=sample.instances)
         return sample, prompted_class_map(self.model, sample.image, prompts, self.unassigned), None

@@ -11,13 +11,14 @@ wins. Pixels no mask covers get ``unassigned_id``.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
 from sam_histo.data.io.resolution import resample_image, scale_factor, to_size
 from sam_histo.data.types import Prompts
+from sam_histo.infer.postprocess import absorb_small_regions
 from sam_histo.infer.sliding import sliding_window
 
 
@@ -58,13 +59,40 @@ def semantic_predict_fn(model, ignore_index: Optional[int] = None, autocast_dtyp
 
 def semantic_probs(model, image: np.ndarray, num_classes: int, ignore_index: Optional[int] = None,
                    overlap: float = 0.25, batch_size: int = 4, autocast_dtype=None, *,
-                   mpp: Optional[float] = None, target_mpp: Optional[float] = None, tta: bool = False) -> np.ndarray:
+                   mpp: Optional[float] = None, target_mpp: Optional[float] = None, tta: bool = False,
+                   scales: Sequence[float] = (1.0,)) -> np.ndarray:
     """Class probabilities (C, H, W) float32 of an RGB uint8 image (H, W, 3) of any size; with both ``mpp``
     (the image's) and ``target_mpp`` (the model's) known, computed at the target and brought back. ``tta``:
-    flips of every window averaged (``semantic_predict_fn``)."""
+    flips of every window averaged (``semantic_predict_fn``); ``scales``: the (target-resolution) image also
+    predicted resized by each relative scale, the maps brought back to its grid and averaged."""
     fn = semantic_predict_fn(model, ignore_index, autocast_dtype, tta)
-    return at_resolution(lambda im: sliding_window(im, fn, model.image_size, overlap, batch_size, num_classes),
-                         image, mpp, target_mpp)
+
+    def windows(im: np.ndarray) -> np.ndarray:
+        return sliding_window(im, fn, model.image_size, overlap, batch_size, num_classes)
+
+    def multi_scale(im: np.ndarray) -> np.ndarray:
+        total = None
+        for s in scales:
+            p = windows(im) if s == 1.0 else to_size(windows(resample_image(im, s)), im.shape[:2])
+            total = p if total is None else total + p
+        return total if len(scales) == 1 else (total / len(scales)).astype(np.float32)
+
+    return at_resolution(multi_scale, image, mpp, target_mpp)
+
+
+def region_pixels(min_region_um2: float, *mpps: Optional[float]) -> int:
+    """Pixels of ``min_region_um2`` square microns at the first known of ``mpps`` (0 when off or none known)."""
+    mpp = next((m for m in mpps if m), None)
+    if not min_region_um2 or mpp is None:
+        return 0
+    return int(np.ceil(min_region_um2 / mpp ** 2 - 1e-9))
+
+
+def class_map(probs: np.ndarray, min_pixels: int = 0) -> np.ndarray:
+    """The predicted class map (H, W) int64 of probabilities (C, H, W): argmax, then regions of one class
+    under ``min_pixels`` absorbed by the class that borders them most (``postprocess.absorb_small_regions``)."""
+    label = probs.argmax(0).astype(np.int64)
+    return absorb_small_regions(label, min_pixels) if min_pixels > 1 else label
 
 
 def at_resolution(probs_fn, image: np.ndarray, mpp: Optional[float], target_mpp: Optional[float]) -> np.ndarray:

@@ -19,6 +19,9 @@ is a bool array of the same shape. Lists of maps are given with one slide id per
   nothing found); without any positive target pixel a dataset-level threshold cannot be chosen.
 - :func:`clean_mask` drops connected components smaller than ``min_size`` elements (pixels, or tiles of a
   tile-level heatmap) and then fills enclosed holes.
+- :func:`absorb_small_regions` is the same clean-up for a class map of any number of classes: every connected
+  region of one class smaller than ``min_pixels`` takes the class that borders it most. On a binary map that
+  removes specks and fills small holes in one rule (``eval.min_region_um2``).
 
 The pipeline over these steps, driven by a ``HeatmapConfig``, is :func:`sam_histo.infer.heatmap.run_heatmap`.
 """
@@ -255,3 +258,40 @@ def clean_mask(mask: np.ndarray, min_size: int = 0, fill_holes: bool = False, co
     if fill_holes:
         out = ndimage.binary_fill_holes(out)
     return out
+
+
+def absorb_small_regions(labels: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Class map (H, W) with every 4-connected region of one class smaller than ``min_pixels`` relabelled to
+    the class along most of its outer edge (ties: the lower id). One pass: regions are judged on the input
+    map, so a speck inside a small hole goes with its hole's new class only when the hole is its border.
+    A region with no neighbour (the whole map is one class) is kept."""
+    from skimage.measure import label as label_regions
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {labels.shape}")
+    if min_pixels <= 1 or labels.size == 0:
+        return labels.copy()
+    values, codes = np.unique(labels, return_inverse=True)
+    codes = codes.reshape(labels.shape)
+    regions = label_regions(codes + 1, background=0, connectivity=1)  # equal neighbours share a region
+    area = np.bincount(regions.ravel())
+    small = area < min_pixels
+    small[0] = False
+    if not small.any():
+        return labels.copy()
+    region_code = np.zeros(len(area), np.int64)
+    region_code[regions.ravel()] = codes.ravel()
+    inside, border = [], []
+    for a, b in ((regions[:, :-1], regions[:, 1:]), (regions[:-1], regions[1:])):
+        for x, y in ((a, b), (b, a)):  # both sides of every edge between two regions
+            sel = small[x] & (x != y)
+            inside.append(x[sel])
+            border.append(region_code[y[sel]])
+    inside, border = np.concatenate(inside), np.concatenate(border)
+    if inside.size == 0:  # one region: nothing borders it
+        return labels.copy()
+    ids, slot = np.unique(inside, return_inverse=True)
+    votes = np.bincount(slot * len(values) + border, minlength=len(ids) * len(values)).reshape(len(ids), -1)
+    region_code[ids] = votes.argmax(1)
+    return values[region_code[regions]]

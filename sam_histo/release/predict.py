@@ -41,7 +41,7 @@ def _semantic(release, overlap: float, batch_size: int):
 
     def predict(image: np.ndarray):
         probs = semantic_probs(release.model, image, classes.num_classes, classes.ignore_index, overlap, batch_size,
-                               tta=release.config.eval.tta)
+                               tta=release.config.eval.tta, scales=release.config.eval.tta_scales)
         return probs.argmax(0).astype(np.int64), probs
 
     return predict
@@ -91,9 +91,22 @@ def _prompted(release):
 def make_predictor(release, overlap: Optional[float] = None, batch_size: Optional[int] = None):
     """``predict(uint8 (H, W, 3), mpp=None) -> (label int64 (H, W), probs float32 (C, H, W))`` for a loaded
     release: the release's stain normalisation first, then the model at its ``model.target_mpp``
-    (``at_target_mpp``); outputs are on the input's grid."""
-    return at_target_mpp(_native_predictor(release, overlap, batch_size), release.config.model.target_mpp,
-                         label_from_probs=release.model.semantic_head is not None)
+    (``at_target_mpp``); outputs are on the input's grid. Semantic releases with ``eval.min_region_um2``
+    then absorb the label map's small regions, sized at the image's mpp (else the release's)."""
+    cfg = release.config
+    semantic = release.model.semantic_head is not None
+    predict = at_target_mpp(_native_predictor(release, overlap, batch_size), cfg.model.target_mpp,
+                            label_from_probs=semantic)
+    if not (semantic and cfg.eval.min_region_um2):
+        return predict
+
+    def cleaned(image: np.ndarray, mpp: Optional[float] = None):
+        from sam_histo.infer.image import class_map, region_pixels
+
+        _, probs = predict(image, mpp)
+        return class_map(probs, region_pixels(cfg.eval.min_region_um2, mpp, cfg.model.target_mpp, cfg.data.mpp)), probs
+
+    return cleaned
 
 
 def at_target_mpp(core, target_mpp: Optional[float], label_from_probs: bool = True):

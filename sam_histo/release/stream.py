@@ -22,9 +22,11 @@ from sam_histo.infer.predict_io import ImageRows, Outputs
 
 
 def can_stream(release, h: int, w: int) -> bool:
-    """Semantic head, no stain normalisation (it is fitted on the whole image), image at least one window."""
-    size = release.model.image_size
-    return release.model.semantic_head is not None and release.config.stain.method == "none" and min(h, w) >= size
+    """Semantic head, no stain normalisation (it is fitted on the whole image), no multi-scale TTA or region
+    clean-up (both resize or label the whole image), image at least one window."""
+    size, ev = release.model.image_size, release.config.eval
+    return (release.model.semantic_head is not None and release.config.stain.method == "none"
+            and list(ev.tta_scales) == [1.0] and not ev.min_region_um2 and min(h, w) >= size)
 
 
 class _NpyRows:
