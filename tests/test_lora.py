@@ -118,6 +118,10 @@ def test_lora_run_trains_only_adapters_and_its_release_loads_in_stock_sam2(tmp_p
 def test_lora_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="model.lora.targets: 'encoder_atn'.*did you mean 'encoder_attn'"):
         load_config(None, ["model.lora.rank=4", "model.lora.targets=[encoder_atn]"])
+    with pytest.raises(ConfigError, match=r"model.lora.targets: 'decoder' adapts the prompted mask decoder, which "
+                                          r"semantic mode never runs .*drop 'decoder', or set model.mode=prompted"):
+        load_config(None, ["model.lora.rank=4", "model.lora.targets=[encoder_attn, decoder]"])
+    assert load_config(None, ["model.lora.rank=4", "model.lora.targets=[decoder]", "model.mode=prompted"])
     with pytest.raises(ConfigError, match="stages 'lora' trains LoRA adapters, but model.lora.rank is 0"):
         load_config(None, ["train.phases=[{start_epoch: 0, stages: lora}]"])
 

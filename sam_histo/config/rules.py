@@ -39,7 +39,7 @@ def check_rules(cfg: Config) -> None:
             f"data.tile_stride={cfg.data.tile_stride} must be in 1..data.tile_size={cfg.data.tile_size}"
         )
     parse_protocols(cfg.eval.protocols)
-    _check_lora(cfg.model.lora, [p.stages for p in cfg.train.phases])
+    _check_lora(cfg.model.lora, [p.stages for p in cfg.train.phases], cfg.model.mode)
     if not 0 <= cfg.data.val_fraction + cfg.data.test_fraction < 1:
         raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1)")
     phases = cfg.train.phases
@@ -208,7 +208,7 @@ def _check_heatmap(hm: HeatmapConfig, classes: set) -> None:
 
 
 
-def _check_lora(lora, phase_stages) -> None:
+def _check_lora(lora, phase_stages, mode: str) -> None:
     if lora.rank < 0 or lora.alpha <= 0 or not 0 <= lora.dropout < 1:
         raise ConfigError(f"model.lora: need rank >= 0 (0 = off), alpha > 0 and 0 <= dropout < 1, got rank "
                           f"{lora.rank}, alpha {lora.alpha}, dropout {lora.dropout}")
@@ -217,6 +217,10 @@ def _check_lora(lora, phase_stages) -> None:
             raise ConfigError(f"model.lora.targets: {t!r} is not one of {list(LORA_TARGETS)}" + nearest(t, LORA_TARGETS))
     if lora.rank and not lora.targets:
         raise ConfigError("model.lora.rank > 0 but model.lora.targets is empty: name the layers to adapt")
+    if lora.rank and mode == "semantic" and "decoder" in lora.targets:
+        raise ConfigError("model.lora.targets: 'decoder' adapts the prompted mask decoder, which semantic mode "
+                          "never runs (its class-token head trains whole with train.train_decoder); drop "
+                          "'decoder', or set model.mode=prompted")
     if not lora.rank and "lora" in phase_stages:
         raise ConfigError("train.phases: stages 'lora' trains LoRA adapters, but model.lora.rank is 0 (no adapters); "
                           "set model.lora.rank (e.g. 8) or name Hiera stages")
