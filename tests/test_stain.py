@@ -230,3 +230,34 @@ def test_references_from_file_folder_and_bad_paths(tmp_path):
     (tmp_path / "junk.png").write_text("not an image")
     with pytest.raises(StainError, match="junk.png: cannot read as an image"):
         load_references(tmp_path / "junk.png")
+
+
+def test_stain_normalize_keeps_each_tiles_result_and_counts_every_call(monkeypatch):
+    """Training normalises the whole tile for every crop: a repeat is served from the per-process cache
+    (the normaliser runs once), equal to the first result, counted again with its fallback; a returned
+    array can be changed without touching the cache; the byte budget evicts the oldest tile."""
+    from sam_histo.stain.macenko import MacenkoNormalizer
+    from sam_histo.stain.normalize import StainNormalize
+    from sam_histo.stain.synthetic import synthetic_tiles
+
+    ref, tile, other = synthetic_tiles(3, size=96, seed=4)
+    glass = np.full((96, 96, 3), (246, 240, 243), np.uint8)  # too few stained pixels: Macenko falls back
+    norm = MacenkoNormalizer().fit([ref])
+    runs = []
+    real = norm.transform
+    monkeypatch.setattr(norm, "transform", lambda img: runs.append(1) or real(img))
+    t = StainNormalize(norm)
+    first = t.apply(tile)
+    first[:5] = 0  # the caller's copy
+    again = t.apply(tile.copy())
+    np.testing.assert_array_equal(again, real(tile))
+    assert len(runs) == 1 and t.counter.calls == 3 and t.counter.fallbacks == 0  # 2 applies + the check
+    t.apply(glass), t.apply(glass)
+    assert len(runs) == 2 and t.counter.fallbacks == 2 and sum(t.counter.reasons.values()) == 2
+    small = StainNormalize(norm, cache_bytes=tile.nbytes)  # room for one tile
+    for img in (tile, other, tile, other):
+        small.apply(img)
+    assert len(runs) == 6
+    off = StainNormalize(norm, cache_bytes=0)
+    off.apply(tile), off.apply(tile)
+    assert len(runs) == 8

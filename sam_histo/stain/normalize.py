@@ -49,11 +49,17 @@ class StainNormalize(A.ImageOnlyTransform):
     """Albumentations wrapper of a fitted Macenko or Reinhard normaliser (always applied by default).
 
     Image: (H, W, 3) uint8 RGB -> same. Fallbacks go to ``normalizer.counter`` (also ``self.counter``).
+    The normalisation of a tile is a function of its pixels, and training normalises the whole tile again for
+    every crop of it, so results are kept per process for the last tiles seen (keyed by a digest of their
+    pixels, up to ``cache_bytes``): a repeat costs a hash and a copy, and counts (with its fallback) as the
+    first did.
     """
 
-    def __init__(self, normalizer: Normalizer, p: float = 1.0):
+    def __init__(self, normalizer: Normalizer, p: float = 1.0, cache_bytes: int = 128 << 20):
         super().__init__(p=p)
         self.normalizer = normalizer
+        self.cache_bytes = int(cache_bytes)
+        self._cache: dict = {}  # digest -> (normalised image, fallback reason or None); insertion = LRU order
 
     @property
     def counter(self) -> FallbackCounter:
@@ -64,7 +70,26 @@ class StainNormalize(A.ImageOnlyTransform):
         if is_grey(img):  # a grey (L) tile has no stain to normalise: colouring it would invent one
             self.counter.record(True, "grey image, left unchanged")
             return img
-        return self.normalizer.transform(img)
+        key = _digest(img) if self.cache_bytes > 0 else None
+        hit = self._cache.pop(key, None) if key is not None else None
+        if hit is not None:
+            self._cache[key] = hit  # most recent last
+            self.counter.record(hit[1] is not None, hit[1] or "")
+            return hit[0].copy()
+        before = dict(self.counter.reasons)  # per process, unlike the shared totals
+        out = self.normalizer.transform(img)
+        if key is not None and out.nbytes <= self.cache_bytes:
+            reason = next((r for r, n in self.counter.reasons.items() if n > before.get(r, 0)), None)
+            self._cache[key] = (out.copy(), reason)
+            while sum(v[0].nbytes for v in self._cache.values()) > self.cache_bytes:
+                self._cache.pop(next(iter(self._cache)))
+        return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("normalizer",)
+
+
+def _digest(img: np.ndarray) -> tuple:
+    import hashlib
+
+    return img.shape, hashlib.blake2b(np.ascontiguousarray(img).data, digest_size=16).digest()
