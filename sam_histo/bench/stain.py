@@ -72,13 +72,6 @@ def degenerate_tiles(tissue: np.ndarray) -> dict[str, np.ndarray]:
 def _degenerate(ours: MacenkoNormalizer, peer, tiles: dict[str, np.ndarray]) -> dict:
     out = {"tiles": list(tiles), "ours_crashes": 0, "ours_bad_output": 0, "peer_crashes": 0,
            "peer_nan_warnings": 0}
-    # training normalises a tile for every crop of it: StainNormalize serves a tile it has seen from its cache
-    from sam_histo.stain.normalize import StainNormalize
-
-    wrapped = StainNormalize(ours, cache_bytes=sum(t.nbytes for t in tiles))
-    first = [wrapped.apply(t) for t in tiles]
-    t_again, _ = _best_over_threads(lambda: [wrapped.apply(t) for t in tiles], repeat)
-    cached_same = all(np.array_equal(a, b) for a, b in zip(first, (wrapped.apply(t) for t in tiles)))
     before = ours.counter.fallbacks
     for img in tiles.values():
         try:
