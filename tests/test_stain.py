@@ -261,3 +261,18 @@ def test_stain_normalize_keeps_each_tiles_result_and_counts_every_call(monkeypat
     off = StainNormalize(norm, cache_bytes=0)
     off.apply(tile), off.apply(tile)
     assert len(runs) == 8
+
+
+def test_a_pickled_stain_normalize_starts_with_an_empty_cache():
+    import pickle
+
+    from sam_histo.stain.macenko import MacenkoNormalizer
+    from sam_histo.stain.normalize import StainNormalize
+    from sam_histo.stain.synthetic import synthetic_tiles
+
+    ref, tile = synthetic_tiles(2, size=64, seed=2)
+    t = StainNormalize(MacenkoNormalizer().fit([ref]))
+    out = t.apply(tile)
+    copy = pickle.loads(pickle.dumps(t))
+    assert len(t._cache) == 1 and copy._cache == {}
+    np.testing.assert_array_equal(copy.apply(tile), out)

@@ -9,8 +9,8 @@ Extra keys beyond DESIGN.md section 3: ``tiles`` (source), ``fit_ours_per_s``, `
 ``fit_ratio``, ``blas_threads`` (the BLAS thread setting that gave each side its best time),
 ``fallbacks_on_tiles``, ``again_per_s`` / ``again_ratio`` / ``again_identical`` (the same tiles through
 ``StainNormalize`` a second time, as training normalises a tile for every crop: served from its cache, vs
-``ours_per_s``; and whether the results equal the first), and ``degenerate`` (crashes and fallbacks on blank white, black, single colour,
-16x16, near-white and pen tiles). ``ours_per_s``/``peer_per_s`` are normalised tiles per second
+``ours_per_s``; and whether the results equal the first), and ``degenerate`` (crashes and fallbacks on
+blank white, black, single colour, 16x16, near-white and pen tiles). ``ours_per_s``/``peer_per_s`` are normalised tiles per second
 (each tile's own stain estimate included); ``agreement`` compares the two outputs in uint8 levels.
 """
 from __future__ import annotations

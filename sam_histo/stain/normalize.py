@@ -85,6 +85,11 @@ class StainNormalize(A.ImageOnlyTransform):
                 self._cache.pop(next(iter(self._cache)))
         return out
 
+    def __getstate__(self) -> dict:  # a spawned worker starts with an empty cache, not a pickled copy
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        return state
+
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("normalizer",)
 
