@@ -70,7 +70,7 @@ class StainNormalize(A.ImageOnlyTransform):
         if is_grey(img):  # a grey (L) tile has no stain to normalise: colouring it would invent one
             self.counter.record(True, "grey image, left unchanged")
             return img
-        key = _digest(img) if self.cache_bytes > 0 else None
+        key = _digest(img) if img.nbytes <= self.cache_bytes else None  # a tile too big to keep is not hashed
         hit = self._cache.pop(key, None) if key is not None else None
         if hit is not None:
             self._cache[key] = hit  # most recent last
@@ -78,7 +78,7 @@ class StainNormalize(A.ImageOnlyTransform):
             return hit[0].copy()
         before = dict(self.counter.reasons)  # per process, unlike the shared totals
         out = self.normalizer.transform(img)
-        if key is not None and out.nbytes <= self.cache_bytes:
+        if key is not None:
             reason = next((r for r, n in self.counter.reasons.items() if n > before.get(r, 0)), None)
             self._cache[key] = (out.copy(), reason)
             while sum(v[0].nbytes for v in self._cache.values()) > self.cache_bytes:
